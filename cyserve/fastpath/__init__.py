@@ -1,0 +1,4 @@
+"""The engine: scheduler, block KV allocator, sampler, tokenizer, model runner, weight loaders.
+
+Nothing here imports grpc or protobuf.
+"""

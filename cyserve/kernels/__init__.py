@@ -1,0 +1,1 @@
+"""Compute kernels on plain arrays. Knows nothing of requests."""

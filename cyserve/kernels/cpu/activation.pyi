@@ -1,0 +1,6 @@
+import numpy as np
+import numpy.typing as npt
+
+def silu_mul(gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32],
+             out: npt.NDArray[np.float32]) -> None: ...
+def add(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> None: ...

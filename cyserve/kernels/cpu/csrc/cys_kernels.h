@@ -1,0 +1,81 @@
+/* Public C API of the CPU kernels: the only header the Cython wrappers include (ckernels.pxd).
+ *
+ * Conventions for every entry point:
+ *  - arrays are C-contiguous; shapes are validated by the caller (the .pyx edge), the C code trusts
+ *    them and never allocates more than per-thread scratch;
+ *  - `nthreads` is passed explicitly (OpenMP's own setting is per calling thread, so a global
+ *    omp_set_num_threads from the main thread would not reach the engine thread);
+ *  - `simd` != 0 asks for the AVX2+FMA+F16C path; it is taken only when the CPU has it
+ *    (cys_cpu_has_avx2), otherwise the scalar twin runs. simd = 0 forces the scalar twin.
+ */
+#ifndef CYS_KERNELS_H
+#define CYS_KERNELS_H
+
+#include <stdint.h>
+
+/* GGML type ids, as in gguf.GGMLQuantizationType. */
+enum {
+    CYS_TYPE_F32 = 0,
+    CYS_TYPE_F16 = 1,
+    CYS_TYPE_Q4_0 = 2,
+    CYS_TYPE_Q4_1 = 3,
+    CYS_TYPE_Q8_0 = 8,
+    CYS_TYPE_BF16 = 30,
+};
+
+/* Return codes: 0 ok, negative = what went wrong (the .pyx edge turns them into exceptions). */
+enum {
+    CYS_OK = 0,
+    CYS_ERR_TYPE = -1,   /* unsupported wtype */
+    CYS_ERR_SHAPE = -2,  /* K not a positive multiple of the block size */
+    CYS_ERR_NOMEM = -3,  /* scratch allocation failed */
+};
+
+/* 1 when AVX2, FMA and F16C are usable (CPU and OS); checked once, then cached. */
+int cys_cpu_has_avx2(void);
+
+/* Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q4_1/Q8_0), or CYS_ERR_TYPE. */
+int64_t cys_block_elems(int wtype);
+/* Bytes of one row of K elements, or CYS_ERR_TYPE / CYS_ERR_SHAPE. */
+int64_t cys_row_bytes(int wtype, int64_t K);
+
+/* out[N, K] (f32) = rows of w (N rows, row_bytes apart) decoded. */
+int cys_dequantize(const uint8_t *w, int64_t row_bytes, int wtype, int64_t N, int64_t K,
+                   float *out, int nthreads, int simd);
+/* out[T, K] = decoded rows ids[0..T) of w; ids must be in range (checked by the caller). */
+int cys_get_rows(const uint8_t *w, int64_t row_bytes, int wtype, int64_t K, const int32_t *ids,
+                 int64_t T, float *out, int nthreads, int simd);
+/* out[T, N] = x[T, K] @ W[N, K].T; out must not overlap x. */
+int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
+               int wtype, int64_t N, float *out, int nthreads, int simd);
+
+/* out[T, D] = x / sqrt(mean(x^2) + eps) * weight; out may alias x. */
+void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
+                  float *out, int nthreads, int simd);
+
+/* In-place rotary embedding of x[T, num_heads * head_dim] (head_dim even).
+ * neox = 0: pairs (2i, 2i+1) (GGUF/llama.cpp); neox = 1: pairs (i, i + head_dim/2). */
+int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads, int64_t head_dim,
+             double theta, int neox, int nthreads, int simd);
+
+/* out[n] = silu(gate[n]) * up[n]; out may alias gate or up. */
+void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads, int simd);
+/* a[n] += b[n]. */
+void cys_add(float *a, const float *b, int64_t n, int nthreads, int simd);
+
+/* Caches are fp16 bits [num_blocks, Hkv, BS, Dh]; k/v are f32[T, Hkv * Dh]. slot -1 = skip;
+ * other slots must be < num_blocks * BS (checked by the caller). */
+void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *k_cache,
+                           uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
+                           const int32_t *slot_mapping, int nthreads, int simd);
+
+/* out[T, Hq * Dh] = causal GQA attention of q[T, Hq * Dh] over the paged caches.
+ * block_tables is [S, max_blocks]; query_start_loc [S + 1]; context_lens [S]. The caller checks
+ * that every block a sequence reads is a valid block id and that q_len <= context_len. */
+int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k_cache,
+                        const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
+                        const int32_t *block_tables, int64_t max_blocks,
+                        const int32_t *query_start_loc, const int32_t *context_lens, int64_t S,
+                        float scale, float *out, int nthreads, int simd);
+
+#endif /* CYS_KERNELS_H */

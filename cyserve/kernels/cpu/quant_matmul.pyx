@@ -1,0 +1,103 @@
+"""Linear layers and embeddings over GGML-format weights (F32, F16, BF16, Q4_0, Q4_1, Q8_0).
+
+A weight [N, K] is its raw bytes, a C-contiguous uint8[N, row_bytes(wtype, K)] (GGUF data used
+in place). Every function checks shapes here and raises ValueError saying what to fix; the C code
+behind it trusts them.
+"""
+import numpy as np
+
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+from cyserve.kernels.cpu._checks cimport check_disjoint, check_rc
+from cyserve.kernels.cpu.ckernels cimport (
+    CYS_ERR_SHAPE, CYS_ERR_TYPE, cys_block_elems, cys_dequantize, cys_get_rows, cys_matmul,
+    cys_row_bytes,
+)
+from cyserve.kernels.cpu.threads cimport current_num_threads, current_simd
+
+
+cdef int matmul_nogil(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
+                      int wtype, int64_t N, float *out) noexcept nogil:
+    return cys_matmul(x, T, K, w, row_bytes, wtype, N, out, current_num_threads(), current_simd())
+
+
+cdef int get_rows_nogil(const uint8_t *w, int64_t row_bytes, int wtype, int64_t K,
+                        const int32_t *ids, int64_t T, float *out) noexcept nogil:
+    return cys_get_rows(w, row_bytes, wtype, K, ids, T, out, current_num_threads(), current_simd())
+
+
+cdef int64_t _row_bytes(int wtype, int64_t K) except -1:
+    cdef int64_t rb = cys_row_bytes(wtype, K)
+    if rb == CYS_ERR_TYPE:
+        raise ValueError(
+            f"unsupported wtype {wtype}: use F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8 or BF16=30")
+    if rb == CYS_ERR_SHAPE:
+        raise ValueError(
+            f"K={K} must be a positive multiple of {cys_block_elems(wtype)} for wtype {wtype}")
+    return rb
+
+
+cdef int _check_weight(const uint8_t[:, ::1] w, int wtype, int64_t K) except -1:
+    cdef int64_t rb = _row_bytes(wtype, K)
+    if w.shape[1] != rb:
+        raise ValueError(
+            f"w must be uint8[N, {rb}] (row_bytes(wtype={wtype}, K={K})), got uint8[{w.shape[0]}, "
+            f"{w.shape[1]}]: pass the tensor's raw bytes reshaped to [N, row_bytes]")
+    return 0
+
+
+def row_bytes(int wtype, Py_ssize_t K) -> int:
+    """Bytes of one row of K elements in format wtype."""
+    return _row_bytes(wtype, K)
+
+
+def matmul(const float[:, ::1] x not None, const uint8_t[:, ::1] w not None, int wtype,
+           float[:, ::1] out not None) -> None:
+    """out[T, N] = x[T, K] @ W[N, K].T."""
+    cdef int64_t T = x.shape[0], K = x.shape[1], N = w.shape[0]
+    _check_weight(w, wtype, K)
+    if out.shape[0] != T or out.shape[1] != N:
+        raise ValueError(f"out must be float32[{T}, {N}] (x rows, w rows), got "
+                         f"[{out.shape[0]}, {out.shape[1]}]")
+    if T == 0 or N == 0:
+        return
+    check_disjoint(&x[0, 0], T * K * 4, &out[0, 0], T * N * 4, "out must not overlap x")
+    cdef int rc
+    with nogil:
+        rc = matmul_nogil(&x[0, 0], T, K, &w[0, 0], w.shape[1], wtype, N, &out[0, 0])
+    check_rc(rc, "matmul")
+
+
+def get_rows(const uint8_t[:, ::1] w not None, int wtype, Py_ssize_t K,
+             const int32_t[::1] ids not None, float[:, ::1] out not None) -> None:
+    """out[T, K] = rows ids of W (embedding lookup)."""
+    cdef int64_t T = ids.shape[0], V = w.shape[0], i
+    _check_weight(w, wtype, K)
+    if out.shape[0] != T or out.shape[1] != K:
+        raise ValueError(f"out must be float32[{T}, {K}] (len(ids), K), got "
+                         f"[{out.shape[0]}, {out.shape[1]}]")
+    for i in range(T):
+        if ids[i] < 0 or ids[i] >= V:
+            raise ValueError(f"ids[{i}]={ids[i]} is outside the {V} rows of w")
+    if T == 0:
+        return
+    cdef int rc
+    with nogil:
+        rc = get_rows_nogil(&w[0, 0], w.shape[1], wtype, K, &ids[0], T, &out[0, 0])
+    check_rc(rc, "get_rows")
+
+
+def dequantize(const uint8_t[:, ::1] w not None, int wtype, Py_ssize_t K):
+    """float32[N, K] decoded from the raw rows of W."""
+    _check_weight(w, wtype, K)
+    cdef int64_t N = w.shape[0]
+    result = np.empty((N, K), dtype=np.float32)
+    if N == 0:
+        return result
+    cdef float[:, ::1] out = result
+    cdef int rc
+    with nogil:
+        rc = cys_dequantize(&w[0, 0], w.shape[1], wtype, N, K, &out[0, 0],
+                            current_num_threads(), current_simd())
+    check_rc(rc, "dequantize")
+    return result

@@ -1,0 +1,218 @@
+"""Plain numpy twins of every CPU kernel: slow, obviously correct, the oracle for parity tests.
+
+Same names and arguments as the compiled modules in ``cyserve.kernels.cpu`` (see
+docs/interfaces.md), so a caller can swap one for the other:
+
+* kernels that write ``out`` take ``out=None``: the result is written into ``out`` when given and
+  is always returned;
+* kernels that work in place (``rope``, ``add``, ``reshape_and_cache``) do the same here and also
+  return the array(s) they changed.
+
+Arithmetic is done in float64 and rounded to float32 once at the end, so the compiled kernels are
+compared against the exact answer, not against another rounding order. The fp16 KV cache is
+passed as ``uint16`` views, exactly as the compiled kernels take it.
+
+GGML block formats (32 weights per block, all little-endian):
+  Q4_0 = {f16 d; u8 qs[16]}          w = (q - 8) * d   low nibbles -> elements 0..15, high -> 16..31
+  Q4_1 = {f16 d; f16 m; u8 qs[16]}   w = q * d + m
+  Q8_0 = {f16 d; i8 qs[32]}          w = q * d
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# GGML type ids, as in gguf.GGMLQuantizationType.
+F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+
+# wtype -> (elements per block, bytes per block)
+BLOCK_LAYOUT: dict[int, tuple[int, int]] = {
+    F32: (1, 4),
+    F16: (1, 2),
+    BF16: (1, 2),
+    Q4_0: (32, 18),
+    Q4_1: (32, 20),
+    Q8_0: (32, 34),
+}
+
+
+def row_bytes(wtype: int, K: int) -> int:
+    """Bytes of one weight row of K elements in format ``wtype``."""
+    if wtype not in BLOCK_LAYOUT:
+        raise ValueError(f"unsupported wtype {wtype}; use one of {sorted(BLOCK_LAYOUT)}")
+    block, size = BLOCK_LAYOUT[wtype]
+    if K <= 0 or K % block:
+        raise ValueError(f"K={K} must be a positive multiple of {block} for wtype {wtype}")
+    return K // block * size
+
+
+def _f16(u8: np.ndarray) -> np.ndarray:
+    """Reinterpret the trailing 2 bytes of a uint8 array as one float16 (keeps leading dims)."""
+    return np.ascontiguousarray(u8).view(np.float16)[..., 0].astype(np.float32)
+
+
+def dequantize(w: np.ndarray, wtype: int, K: int) -> np.ndarray:
+    """f32[N, K] from the raw rows u8[N, row_bytes(wtype, K)]."""
+    w = np.asarray(w, dtype=np.uint8)
+    rb = row_bytes(wtype, K)
+    if w.ndim != 2 or w.shape[1] != rb:
+        raise ValueError(f"w must be uint8[N, {rb}] for wtype {wtype}, K={K}; got {w.shape}")
+    N = w.shape[0]
+    if wtype == F32:
+        return np.ascontiguousarray(w).view(np.float32).reshape(N, K).copy()
+    if wtype == F16:
+        return np.ascontiguousarray(w).view(np.float16).reshape(N, K).astype(np.float32)
+    if wtype == BF16:
+        bits = np.ascontiguousarray(w).view(np.uint16).reshape(N, K).astype(np.uint32) << 16
+        return bits.view(np.float32)
+    _, size = BLOCK_LAYOUT[wtype]
+    blocks = w.reshape(N, K // 32, size)
+    d = _f16(blocks[..., 0:2])[..., None]                    # [N, nb, 1]
+    if wtype == Q8_0:
+        q = blocks[..., 2:34].view(np.int8).astype(np.float32)  # [N, nb, 32]
+        return (q * d).reshape(N, K)
+    qs = blocks[..., size - 16:]                              # [N, nb, 16]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
+    if wtype == Q4_0:
+        return ((q - 8.0) * d).reshape(N, K)
+    m = _f16(blocks[..., 2:4])[..., None]
+    return (q * d + m).reshape(N, K)
+
+
+def _write(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    result = result.astype(np.float32)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def matmul(x: np.ndarray, w: np.ndarray, wtype: int, out: np.ndarray | None = None) -> np.ndarray:
+    """out[T, N] = x[T, K] @ W[N, K].T, W given as raw rows of format ``wtype``."""
+    K = x.shape[1]
+    W = dequantize(w, wtype, K).astype(np.float64)
+    return _write(x.astype(np.float64) @ W.T, out)
+
+
+def get_rows(w: np.ndarray, wtype: int, K: int, ids: np.ndarray,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """out[T, K] = rows ``ids`` of W (an embedding lookup)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= w.shape[0]):
+        raise ValueError(f"ids must be in [0, {w.shape[0]})")
+    return _write(dequantize(w[ids], wtype, K), out)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """out = x / sqrt(mean(x^2) + eps) * weight, per row."""
+    x64 = x.astype(np.float64)
+    inv = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)
+    return _write(x64 * inv * weight.astype(np.float64), out)
+
+
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of angle pos * theta^(-2i/head_dim) for i in 0..head_dim/2, shape [T, head_dim/2]."""
+    inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(ang), np.sin(ang)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, num_heads: int, head_dim: int, theta: float,
+         neox: bool) -> np.ndarray:
+    """Rotary embedding of x[T, H*Dh], in place; returns x.
+
+    neox=False: GGUF/llama.cpp layout, pair i is (2i, 2i+1). neox=True: pair i is (i, i+Dh/2).
+    """
+    T = x.shape[0]
+    if head_dim % 2 or x.shape[1] != num_heads * head_dim:
+        raise ValueError(f"x must be f32[T, {num_heads}*{head_dim}] with even head_dim")
+    cos, sin = rope_cos_sin(positions, head_dim, theta)
+    cos, sin = cos[:, None, :], sin[:, None, :]                # [T, 1, Dh/2]
+    xh = x.astype(np.float64).reshape(T, num_heads, head_dim)   # [T, H, Dh]
+    if neox:
+        x0, x1 = xh[..., : head_dim // 2], xh[..., head_dim // 2:]
+    else:
+        x0, x1 = xh[..., 0::2], xh[..., 1::2]
+    r0, r1 = x0 * cos - x1 * sin, x0 * sin + x1 * cos
+    res = np.empty_like(xh)
+    if neox:
+        res[..., : head_dim // 2], res[..., head_dim // 2:] = r0, r1
+    else:
+        res[..., 0::2], res[..., 1::2] = r0, r1
+    x[...] = res.reshape(T, num_heads * head_dim)
+    return x
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out = silu(gate) * up, silu(g) = g / (1 + exp(-g))."""
+    g = gate.astype(np.float64)
+    with np.errstate(over="ignore"):
+        silu = g / (1.0 + np.exp(-g))
+    return _write(silu * up.astype(np.float64), out)
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a += b in place; returns a."""
+    a[...] = (a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+    return a
+
+
+def reshape_and_cache(k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+                      slot_mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Write token t's k/v (f32[T, Hkv*Dh]) as fp16 into cache slot slot_mapping[t] (-1 = skip).
+
+    Caches are u16[NB, Hkv, BS, Dh] (fp16 bits); slot s is block s // BS, offset s % BS.
+    """
+    NB, Hkv, BS, Dh = k_cache.shape
+    for t, slot in enumerate(np.asarray(slot_mapping)):
+        if slot < 0:
+            continue
+        if slot >= NB * BS:
+            raise ValueError(f"slot_mapping[{t}]={slot} outside the cache ({NB * BS} slots)")
+        b, off = divmod(int(slot), BS)
+        with np.errstate(over="ignore"):  # beyond fp16 range is inf, as in the kernel
+            k_cache[b, :, off, :] = k[t].reshape(Hkv, Dh).astype(np.float16).view(np.uint16)
+            v_cache[b, :, off, :] = v[t].reshape(Hkv, Dh).astype(np.float16).view(np.uint16)
+    return k_cache, v_cache
+
+
+def _gather(cache: np.ndarray, blocks: np.ndarray, ctx: int) -> np.ndarray:
+    """[Hkv, ctx, Dh] float64 for one sequence from its block list."""
+    c = cache[blocks].view(np.float16).astype(np.float64)      # [nblk, Hkv, BS, Dh]
+    Hkv, Dh = c.shape[1], c.shape[3]
+    return c.transpose(1, 0, 2, 3).reshape(Hkv, -1, Dh)[:, :ctx]
+
+
+def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+                    block_tables: np.ndarray, query_start_loc: np.ndarray,
+                    context_lens: np.ndarray, scale: float,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Causal grouped-query attention over a paged fp16 KV cache; returns f32[T, Hq*Dh].
+
+    Sequence s owns query rows query_start_loc[s]:query_start_loc[s+1] (its last q_len tokens);
+    query row i sits at position context_lens[s] - q_len + i and sees keys 0..that position.
+    Query head h reads KV head h // (Hq // Hkv).
+    """
+    T = q.shape[0]
+    _, Hkv, BS, Dh = k_cache.shape
+    Hq = q.shape[1] // Dh
+    group = Hq // Hkv
+    res = np.zeros((T, Hq, Dh), dtype=np.float64)
+    qsl = np.asarray(query_start_loc)
+    for s in range(len(context_lens)):
+        start, end, ctx = int(qsl[s]), int(qsl[s + 1]), int(context_lens[s])
+        q_len = end - start
+        if q_len == 0:
+            continue
+        blocks = np.asarray(block_tables[s, : (ctx + BS - 1) // BS])
+        K, V = _gather(k_cache, blocks, ctx), _gather(v_cache, blocks, ctx)
+        qs = q[start:end].astype(np.float64).reshape(q_len, Hq, Dh)
+        pos = ctx - q_len + np.arange(q_len)                       # [q_len]
+        masked = np.arange(ctx)[None, :] > pos[:, None]             # [q_len, ctx]
+        for h in range(Hq):
+            scores = qs[:, h, :] @ K[h // group].T * scale          # [q_len, ctx]
+            scores[masked] = -np.inf
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            res[start:end, h, :] = p @ V[h // group]
+    return _write(res.reshape(T, Hq * Dh), out)

@@ -1,0 +1,82 @@
+"""Deterministic test data and named tolerances for the kernel parity tests (ggml style)."""
+import numpy as np
+from gguf import quants
+from gguf.constants import GGMLQuantizationType
+
+from cyserve.kernels import reference as R
+
+WTYPES = [R.F32, R.F16, R.BF16, R.Q4_0, R.Q4_1, R.Q8_0]
+QUANT_WTYPES = [R.Q4_0, R.Q4_1, R.Q8_0]
+
+# Named tolerances. Decoding is exact but for one rounding (the SIMD path fuses q*d+m into an
+# FMA); dot products add f32 rounding of order sqrt(K) * eps * |terms|.
+DEQUANT_RTOL, DEQUANT_ATOL = 1e-6, 1e-7
+MATMUL_RTOL, MATMUL_ATOL_PER_SQRT_K = 1e-5, 4e-6
+NORM_RTOL, NORM_ATOL = 1e-5, 1e-6
+ROPE_ATOL = 2e-6          # |x| ~ 1, cos/sin rounded to f32 once
+ACT_RTOL, ACT_ATOL = 2e-6, 1e-6  # vectorised exp is within ~2 ulp
+ATTN_RTOL, ATTN_ATOL = 1e-5, 1e-6  # outputs are convex mixes of fp16 values
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def make_weight(r: np.random.Generator, N: int, K: int, wtype: int) -> np.ndarray:
+    """Raw rows uint8[N, row_bytes] of a random N x K weight in format wtype (via gguf)."""
+    W = r.standard_normal((N, K)).astype(np.float32)
+    if wtype == R.F32:
+        return W.view(np.uint8).reshape(N, -1)
+    q = quants.quantize(W, GGMLQuantizationType(wtype))
+    return np.ascontiguousarray(q.view(np.uint8).reshape(N, -1))
+
+
+def matmul_atol(K: int) -> float:
+    return MATMUL_ATOL_PER_SQRT_K * np.sqrt(K)
+
+
+def f16_bits(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).view(np.uint16)
+
+
+NAN_F16 = np.uint16(0x7E00)
+
+
+class PagedBatch:
+    """A batch of sequences over a shared paged cache, built the way the engine would.
+
+    seqs: list of (context_len, q_len). Blocks are handed out in a shuffled order so a sequence's
+    blocks are not contiguous; every slot no sequence owns holds NaN, so a kernel that reads past
+    a context (or a wrong block) produces NaN instead of a plausible number.
+    """
+
+    def __init__(self, r, seqs, Hq, Hkv, Dh, BS, spare_blocks=3):
+        self.seqs, self.Hq, self.Hkv, self.Dh, self.BS = seqs, Hq, Hkv, Dh, BS
+        need = [(ctx + BS - 1) // BS for ctx, _ in seqs]
+        NB = sum(need) + spare_blocks
+        order = r.permutation(NB)
+        max_blocks = max(need + [1]) + 1
+        self.block_tables = np.full((len(seqs), max_blocks), -1, np.int32)  # -1 = never read
+        self.k_cache = np.full((NB, Hkv, BS, Dh), NAN_F16, np.uint16)
+        self.v_cache = np.full((NB, Hkv, BS, Dh), NAN_F16, np.uint16)
+        pos = 0
+        for s, ((ctx, _), n) in enumerate(zip(seqs, need)):
+            self.block_tables[s, :n] = order[pos: pos + n]
+            pos += n
+            k = r.standard_normal((ctx, Hkv * Dh)).astype(np.float32)
+            v = r.standard_normal((ctx, Hkv * Dh)).astype(np.float32)
+            R.reshape_and_cache(k, v, self.k_cache, self.v_cache, self.slots(s, np.arange(ctx)))
+        q_lens = [q for _, q in seqs]
+        self.query_start_loc = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+        self.context_lens = np.array([ctx for ctx, _ in seqs], np.int32)
+        self.T = int(self.query_start_loc[-1])
+        self.q = r.standard_normal((self.T, Hq * Dh)).astype(np.float32)
+        self.scale = 1.0 / np.sqrt(Dh)
+
+    def slots(self, s, positions):
+        positions = np.asarray(positions)
+        return (self.block_tables[s, positions // self.BS] * self.BS + positions % self.BS).astype(np.int32)
+
+    def args(self):
+        return (self.q, self.k_cache, self.v_cache, self.block_tables, self.query_start_loc,
+                self.context_lens, self.scale)

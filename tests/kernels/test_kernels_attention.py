@@ -1,0 +1,157 @@
+"""reshape_and_cache and paged_attention vs the numpy reference."""
+import numpy as np
+import pytest
+
+from cyserve.kernels import reference as R
+from cyserve.kernels.cpu import attention
+from kernel_data import ATTN_ATOL, ATTN_RTOL, PagedBatch, rng
+
+
+# ---- reshape_and_cache ----
+
+@pytest.mark.parametrize("Hkv,Dh", [(3, 64), (1, 6), (2, 40)])
+def test_reshape_and_cache_same_bits_as_numpy_fp16(simd, Hkv, Dh):
+    r = rng(Dh)
+    NB, BS, T = 5, 4, 9
+    k = (r.standard_normal((T, Hkv * Dh)) * 10).astype(np.float32)
+    v = r.standard_normal((T, Hkv * Dh)).astype(np.float32)
+    # rounding ties, subnormals, overflow to inf, signed zero
+    k[0, :6] = [65520.0, 1e6, -1e-7, 2.0 ** -25, -0.0, 1.0 + 2.0 ** -11]
+    slots = np.array([0, 5, -1, 19, 7, 8, -1, 1, 12], np.int32)
+    caches = [np.full((NB, Hkv, BS, Dh), 0x3C00, np.uint16) for _ in range(4)]
+    attention.reshape_and_cache(k, v, caches[0], caches[1], slots)
+    R.reshape_and_cache(k, v, caches[2], caches[3], slots)
+    np.testing.assert_array_equal(caches[0], caches[2])
+    np.testing.assert_array_equal(caches[1], caches[3])
+    # slots 2, 3, 4 and 6 (block 1, offset 2) were never named: they keep the fill
+    assert (caches[0][0, :, 2:] == 0x3C00).all() and (caches[0][1, :, 2] == 0x3C00).all()
+
+
+def test_reshape_and_cache_rejects_bad_slots():
+    kc, vc = np.zeros((2, 1, 4, 8), np.uint16), np.zeros((2, 1, 4, 8), np.uint16)
+    k = np.ones((2, 8), np.float32)
+    for bad in (8, -2):
+        with pytest.raises(ValueError, match=rf"slot_mapping\[1\]={bad} must be -1"):
+            attention.reshape_and_cache(k, k, kc, vc, np.array([0, bad], np.int32))
+    with pytest.raises(ValueError, match=r"k and v must both be float32\[T, 8\]"):
+        attention.reshape_and_cache(np.ones((2, 16), np.float32), k, kc, vc, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="same shape"):
+        attention.reshape_and_cache(k, k, kc, np.zeros((3, 1, 4, 8), np.uint16), np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="separate arrays"):
+        attention.reshape_and_cache(k, k, kc, kc, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"slot_mapping must be int32\[2\]"):
+        attention.reshape_and_cache(k, k, kc, vc, np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match=r"k_cache must be the fp16 cache viewed as uint16"):
+        attention.reshape_and_cache(k, k, kc.view(np.float16), vc, np.zeros(2, np.int32))
+    assert not kc.any() and not vc.any()
+
+
+# ---- paged_attention ----
+
+def _run(batch):
+    out = np.full_like(batch.q, np.nan)
+    attention.paged_attention(*batch.args(), out)
+    return out
+
+
+def _check(batch):
+    out = _run(batch)
+    assert np.isfinite(out).all(), "read a slot outside the causal context (NaN-filled)"
+    np.testing.assert_allclose(out, R.paged_attention(*batch.args()), rtol=ATTN_RTOL, atol=ATTN_ATOL)
+    return out
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(9, 3), (4, 1), (8, 8)])
+@pytest.mark.parametrize("Dh", [64, 40, 6])
+def test_decode_batch(simd, Hq, Hkv, Dh):
+    """One new token per sequence, contexts on both sides of block boundaries."""
+    seqs = [(1, 1), (15, 1), (16, 1), (17, 1), (33, 1), (50, 1)]
+    _check(PagedBatch(rng(Hq * Dh), seqs, Hq, Hkv, Dh, BS=16))
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(9, 3), (4, 1)])
+@pytest.mark.parametrize("BS", [1, 16, 5])
+def test_mixed_batch_with_chunked_prefill(simd, Hq, Hkv, BS):
+    """Decodes, a fresh prefill, and prefill chunks that continue earlier context, in one batch."""
+    seqs = [(40, 1), (7, 7), (64, 17), (100, 64), (3, 2), (29, 1)]
+    _check(PagedBatch(rng(BS), seqs, Hq, Hkv, 64, BS))
+
+
+def test_long_context(simd):
+    """2000 cached tokens: a decode step and a 33-token chunk at the end of the context."""
+    _check(PagedBatch(rng(2000), [(2000, 1), (2000, 33)], 9, 3, 64, BS=16))
+
+
+def test_sequence_without_queries_is_skipped(simd):
+    """A sequence with q_len 0 (nothing scheduled this step) reads nothing and writes nothing."""
+    batch = PagedBatch(rng(4), [(20, 3), (9, 0), (5, 2)], 4, 2, 64, BS=4)
+    batch.block_tables[1] = -1  # would be out of range if it were read
+    _check(batch)
+
+
+def test_same_bits_for_any_thread_count(simd, num_threads):
+    batch = PagedBatch(rng(6), [(300, 40), (77, 1), (5, 5)], 9, 3, 64, BS=16)
+    num_threads(1)
+    one = _run(batch)
+    num_threads(2)
+    np.testing.assert_array_equal(one, _run(batch))
+
+
+def test_attention_paths_agree():
+    """The AVX2 and scalar kernels agree with each other (not only with the reference)."""
+    from cyserve.kernels.cpu import threads
+    if not threads.simd_supported():
+        pytest.skip("CPU lacks AVX2+FMA+F16C")
+    batch = PagedBatch(rng(7), [(70, 9), (18, 1)], 8, 2, 64, BS=16)
+    fast = _run(batch)
+    threads.set_simd(False)
+    try:
+        slow = _run(batch)
+    finally:
+        threads.set_simd(True)
+    np.testing.assert_allclose(fast, slow, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+def test_paged_attention_rejects_malformed_batches():
+    batch = PagedBatch(rng(8), [(20, 3), (5, 2)], 4, 2, 8, BS=4)
+    q, kc, vc, bt, qsl, ctx, scale = batch.args()
+    out = np.zeros_like(q)
+
+    def call(**kw):
+        a = dict(q=q, k_cache=kc, v_cache=vc, block_tables=bt, query_start_loc=qsl,
+                 context_lens=ctx, scale=scale, out=out)
+        a.update(kw)
+        attention.paged_attention(*a.values())
+
+    bad_bt = bt.copy()
+    bad_bt[0, 2] = kc.shape[0]
+    with pytest.raises(ValueError, match=r"block_tables\[0, 2\]=\d+ is not a block id"):
+        call(block_tables=bad_bt)
+    bad_bt[0, 2] = -1
+    with pytest.raises(ValueError, match=r"block_tables\[0, 2\]=-1"):
+        call(block_tables=bad_bt)
+    with pytest.raises(ValueError, match="needs 7 blocks of 4, but block_tables has only 6 columns"):
+        call(context_lens=np.array([28, 5], np.int32))
+    with pytest.raises(ValueError, match="shorter than its 3 query rows"):
+        call(context_lens=np.array([2, 5], np.int32))
+    with pytest.raises(ValueError, match="end at T=5"):
+        call(query_start_loc=np.array([0, 3, 4], np.int32))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        call(query_start_loc=np.array([0, 6, 5], np.int32))
+    with pytest.raises(ValueError, match=r"query_start_loc int32\[3\]"):
+        call(query_start_loc=np.array([0, 5], np.int32))
+    with pytest.raises(ValueError, match="Hq a positive multiple of Hkv=2"):
+        call(q=np.ones((5, 24), np.float32), out=np.zeros((5, 24), np.float32))
+    with pytest.raises(ValueError, match=r"out must be float32\[5, 32\]"):
+        call(out=np.zeros((5, 31), np.float32))
+    with pytest.raises(ValueError, match="must not overlap q"):
+        call(out=q)
+    with pytest.raises(ValueError, match="same shape"):
+        call(v_cache=vc[:-1].copy())
+    with pytest.raises(ValueError, match="scale must be finite"):
+        call(scale=float("nan"))
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        call(block_tables=bt.astype(np.int64))
+    with pytest.raises(ValueError, match=r"v_cache must be the fp16 cache viewed as uint16"):
+        call(v_cache=vc.view(np.float16))
+    assert not out.any()

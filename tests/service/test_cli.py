@@ -1,0 +1,238 @@
+"""The `cyserve` command as users run it: `cyserve serve` as a real subprocess, `cyserve generate`
+against it, `cyserve tokenize` offline, and the failure modes (bad model, bad input, no server)."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import gguf
+import grpc
+import pytest
+
+from cyserve.service.config import default_model_path
+from cyserve.v1 import generation_pb2 as pb
+from cyserve.v1 import generation_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 120.0
+RUN_TIMEOUT = 180.0
+SECRET_PROMPT = "Zebra-quokka secret prompt 4817"
+
+
+def cyserve_command() -> list[str]:
+    """The installed console script; `python -m` when running from an uninstalled checkout."""
+    script = shutil.which("cyserve")
+    return [script] if script else [sys.executable, "-m", "cyserve.service.cli"]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYSERVE_")}
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def run_cli(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*cyserve_command(), *args], cwd=REPO, env=clean_env(), capture_output=True,
+        text=True, encoding="utf-8", timeout=timeout,
+    )
+
+
+class ServeProcess:
+    """`cyserve serve --port 0` in a subprocess; its JSON log lines are collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
+             *args],
+            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8",
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        started = self.wait_for_event("server.started", STARTUP_TIMEOUT)
+        assert started is not None, f"server did not start:\n{self.stderr}"
+        self.address = started["address"]
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def events(self) -> list[dict]:
+        parsed = []
+        for line in list(self.lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # e.g. gRPC core's own messages
+            if isinstance(record, dict):
+                parsed.append(record)
+        return parsed
+
+    def wait_for_event(self, event: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if e.get("event") == event]
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                found = [e for e in self.events() if e.get("event") == event]
+                return found[-1] if found else None
+            time.sleep(0.05)
+        return None
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(5)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServeProcess]:
+    server = ServeProcess()
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+def test_console_script_is_declared():
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="cyserve")
+    assert entry.value == "cyserve.service.cli:main"
+
+
+def test_generate_chat_answers_paris(served):
+    result = run_cli(
+        "generate", "--chat", "--temperature", "0", "--max-tokens", "32",
+        "--address", served.address, "What is the capital of France?",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_generate_prints_what_the_server_generates(served):
+    prompt = "The three primary colors are"
+    result = run_cli(
+        "generate", "--temperature", "0", "--max-tokens", "10", "--address", served.address,
+        "-v", prompt,
+    )
+    assert result.returncode == 0, result.stderr
+    with grpc.insecure_channel(served.address) as channel:
+        expected = pb_grpc.GenerationStub(channel).Generate(
+            pb.GenerateRequest(
+                prompt=prompt,
+                sampling=pb.SamplingParams(temperature=0),
+                stopping=pb.StoppingCriteria(max_tokens=10),
+            ),
+            timeout=RUN_TIMEOUT,
+        )
+    assert result.stdout.rstrip("\n") == expected.text.rstrip("\n")
+    assert "finish_reason=FINISH_REASON_" in result.stderr
+    assert f"completion_tokens={expected.usage.completion_tokens}" in result.stderr
+
+
+def test_requests_are_logged_as_json_without_prompt_text(served):
+    result = run_cli(
+        "generate", "--max-tokens", "2", "--address", served.address, SECRET_PROMPT
+    )
+    assert result.returncode == 0, result.stderr
+    finished = served.wait_for_event("request.finished", 30)
+    assert finished is not None and finished["outcome"] == "ok"
+    assert finished["completion_tokens"] == 2 and finished["prompt_tokens"] > 0
+    received = [e for e in served.events() if e.get("event") == "request.received"]
+    assert received and received[-1]["request_id"] == finished["request_id"]
+    assert SECRET_PROMPT not in served.stderr
+
+
+def test_generate_reports_invalid_argument_fields(served):
+    result = run_cli("generate", "--top-p", "2", "--address", served.address, "hi")
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stderr and "sampling.top_p" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_generate_without_a_server_fails_clearly():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    result = run_cli("generate", "--address", f"127.0.0.1:{port}", "--timeout", "10", "hi")
+    assert result.returncode == 1
+    assert "UNAVAILABLE" in result.stderr and "cyserve serve" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_tokenize_prints_the_model_tokenizer_ids():
+    from cyserve.fastpath.tokenizer import Tokenizer
+
+    text = "<|im_start|>user\nhé 12345 ∑ 🤗\t  x<|im_end|>\n"
+    result = run_cli("tokenize", text)
+    assert result.returncode == 0, result.stderr
+    tokenizer = Tokenizer.from_gguf(gguf.GGUFReader(default_model_path()))
+    assert json.loads(result.stdout) == list(tokenizer.encode(text, parse_special=True))
+    assert json.loads(result.stdout)[0] == tokenizer.token_to_id("<|im_start|>")
+
+
+@pytest.mark.parametrize("command", ["serve", "tokenize"])
+def test_unloadable_model_is_one_line_and_exit_2(tmp_path, command):
+    missing = tmp_path / "missing.gguf"
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf file at all" * 100)
+    for path in (missing, garbage):
+        args = ["serve", "--port", "0"] if command == "serve" else ["tokenize", "hi"]
+        result = run_cli(*args, "--model", str(path), timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("cyserve: error: "), result.stderr
+        assert str(path) in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_flag_value_from_environment_exits_2():
+    env = clean_env() | {"CYSERVE_PORT": "not-a-port"}
+    result = subprocess.run(
+        [*cyserve_command(), "serve"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "CYSERVE_PORT" in result.stderr
+
+
+def test_sigterm_drains_and_exits_0():
+    server = ServeProcess()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GenerationStub(channel)
+        request = pb.GenerateRequest(
+            prompt="Count to a thousand:",
+            sampling=pb.SamplingParams(temperature=0),
+            stopping=pb.StoppingCriteria(max_tokens=4000, ignore_eos=True),
+        )
+        stream = stub.GenerateStream(request, timeout=RUN_TIMEOUT)
+        next(stream)
+        server.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError):  # cancelled once the 2 s grace period ends
+            list(stream)
+    assert server.terminate() == 0, server.stderr
+    events = [e.get("event") for e in server.events()]
+    assert events.index("server.stopping") < events.index("server.stopped")
