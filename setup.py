@@ -1,8 +1,9 @@
 """Build: Cython/C extensions (with OpenMP) and protobuf/gRPC modules generated from protos/.
 
-Every ``.pyx`` under ``cyserve/`` becomes one extension module. Extensions under
-``cyserve/kernels/cpu`` also compile every C file in ``cyserve/kernels/cpu/csrc`` so each kernel
-module carries its SIMD code and scalar twin.
+Every ``.pyx`` under ``cyserve/`` becomes one extension module. The C kernels in
+``cyserve/kernels/cpu/csrc`` are compiled once into a static library (position-independent) that
+every extension under ``cyserve/kernels/cpu`` links, so each kernel module carries its SIMD code
+and scalar twin without compiling them six times.
 
 Environment switches:
   CYSERVE_DEBUG=1     bounds checks and asserts back on, -O0 -g
@@ -15,6 +16,7 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -57,27 +59,43 @@ class BuildPyWithProtos(build_py):
         super().run()
 
 
+COMPILE_ARGS = ["-fopenmp", "-fno-strict-aliasing"] + (["-O0", "-g"] if DEBUG else ["-O3"])
+LINK_ARGS = ["-fopenmp"]
+KERNEL_LIB = "cyserve_cpu_kernels"
+
+
+def kernel_library() -> tuple[str, dict]:
+    sources = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.c")))
+    headers = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.h")))
+    return (KERNEL_LIB, {"sources": sources, "include_dirs": [KERNEL_CSRC], "cflags": COMPILE_ARGS,
+                         "obj_deps": {"": headers}})
+
+
+class BuildExtWithKernels(build_ext):
+    """Build the static kernel library first: `build_ext --inplace` and editable installs skip build_clib."""
+
+    def run(self) -> None:
+        self.run_command("build_clib")
+        super().run()
+
+
 def extensions() -> list[Extension]:
     only = os.environ.get("CYSERVE_ONLY", "cyserve")
-    compile_args = ["-fopenmp", "-fno-strict-aliasing"]
-    compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
-    link_args = ["-fopenmp"]
-    kernel_c = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.c")))
+    headers = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.h")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join("cyserve", "**", "*.pyx"), recursive=True)):
         if not pyx.startswith(only):
             continue
         name = pyx[:-4].replace(os.sep, ".")
-        sources = [pyx]
-        if pyx.startswith(os.path.join("cyserve", "kernels", "cpu")):
-            sources += kernel_c
+        is_kernel = pyx.startswith(os.path.join("cyserve", "kernels", "cpu"))
         exts.append(
             Extension(
                 name,
-                sources,
+                [pyx],
                 include_dirs=[KERNEL_CSRC],
-                extra_compile_args=compile_args,
-                extra_link_args=link_args,
+                depends=headers if is_kernel else [],
+                extra_compile_args=COMPILE_ARGS,
+                extra_link_args=LINK_ARGS,
             )
         )
     return exts
@@ -98,4 +116,4 @@ def cythonized() -> list[Extension]:
 
 
 generate_protos()
-setup(ext_modules=cythonized(), cmdclass={"build_py": BuildPyWithProtos})
+setup(ext_modules=cythonized(), libraries=[kernel_library()], cmdclass={"build_py": BuildPyWithProtos, "build_ext": BuildExtWithKernels})

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cyserve.fastpath.gguf_model import default_model_path
+from cyserve.service.config import default_model_path
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

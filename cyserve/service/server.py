@@ -13,7 +13,6 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cyserve.fastpath.errors import ModelLoadError
 from cyserve.service.config import ServerConfig
 from cyserve.service.errors import ErrorMappingInterceptor
 from cyserve.service.servicer import GenerationServicer
@@ -100,10 +99,7 @@ async def serve(config: ServerConfig) -> None:
     from cyserve.fastpath.engine import Engine
 
     engine_config = config.engine_config()
-    try:
-        engine = await asyncio.to_thread(Engine.from_config, engine_config)
-    except ValueError as exc:  # e.g. a tokenizer kind or a KV budget the engine cannot use
-        raise ModelLoadError(engine_config.model_path, str(exc)) from exc
+    engine = await asyncio.to_thread(Engine.from_config, engine_config)
     engine.start()
     server = Server(engine, config.host, config.port)
     with _SignalWaiter(signal.SIGTERM, signal.SIGINT) as signals:
