@@ -46,14 +46,6 @@ def test_capital_of_france(engine):
     assert last.finish_reason == FinishReason.EOS and "<|im_end|>" not in text
 
 
-def test_batching_does_not_change_greedy_tokens(engine):
-    prompts = [CHAT.format(q) for q in ("Count to five.", "What is 2+2?", "Say hello in French.",
-                                        "Name a planet.", "What color is the sky?")]
-    alone = [run(engine, req(engine, f"a{i}", p))[0][0] for i, p in enumerate(prompts)]
-    together = run(engine, *(req(engine, f"b{i}", p) for i, p in enumerate(prompts)))
-    assert [t for t, _, _ in together] == alone
-
-
 def test_seed_gives_the_same_sample_alone_and_batched(engine):
     s = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234)
     prompt = CHAT.format("Tell me a story.")
@@ -127,3 +119,103 @@ def test_preempted_requests_recompute_to_the_same_tokens(model_path):
         assert small.stats().num_free_blocks == small.stats().num_total_blocks
     finally:
         small.stop()
+
+
+# ---- prefix caching, chunked prefill, limits, counters ----------------------------------------
+
+SYSTEM = ("<|im_start|>system\nYou are a careful assistant. Answer briefly and precisely, in plain "
+          "English, without lists. Never invent facts; say when you do not know.<|im_end|>\n")
+SHARED_QUESTIONS = ("What is the capital of Italy?", "Name a large mammal.", "What is 3+4?")
+
+
+def shared_prompt(q: str) -> str:
+    return SYSTEM + CHAT.format(q)
+
+
+@pytest.fixture(scope="module", params=["no_prefix_cache", "chunked_prefill"])
+def variant(request, model_path):
+    """A small engine differing from the session one in one scheduling setting."""
+    cfg = {"no_prefix_cache": dict(enable_prefix_caching=False),
+           "chunked_prefill": dict(max_num_batched_tokens=16)}[request.param]
+    eng = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=32 << 20, **cfg))
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+def test_scheduling_settings_do_not_change_greedy_tokens(engine, variant):
+    before = engine.stats()
+    reference = [run(engine, req(engine, f"p{i}", shared_prompt(q), 12))[0] for i, q in enumerate(SHARED_QUESTIONS)]
+    after = engine.stats()
+    assert after.prefix_cache_hits > before.prefix_cache_hits, "test premise: the system prompt is shared"
+    assert reference[-1][2].num_cached_tokens >= 32
+    got = [run(variant, req(variant, f"v{i}", shared_prompt(q), 12))[0] for i, q in enumerate(SHARED_QUESTIONS)]
+    assert [t for t, _, _ in got] == [t for t, _, _ in reference]
+    s = variant.stats()
+    if not variant.config.enable_prefix_caching:
+        assert s.prefix_cache_hits == 0 and s.num_cached_blocks == 0
+    else:
+        assert s.num_scheduled_tokens_last_step <= 16 and s.num_steps > s.num_scheduled_tokens_total / 16
+    assert s.num_free_blocks == s.num_total_blocks and s.num_used_blocks == 0
+
+
+def test_concurrent_requests_match_each_run_alone(engine):
+    """Shared prefixes, identical prompts and different lengths in one batch change no token."""
+    specs = [(shared_prompt("Name a large mammal."), 10), (shared_prompt("Name a small bird."), 14),
+             (CHAT.format("Count to five."), 12), (CHAT.format("Count to five."), 12),
+             (shared_prompt("What is 3+4?"), 6), (CHAT.format("Say hello in French."), 16),
+             ("Once upon a time", 9), (shared_prompt("Name a planet."), 11)]
+    alone = [run(engine, req(engine, f"solo{i}", p, n))[0][0] for i, (p, n) in enumerate(specs)]
+    together = run(engine, *(req(engine, f"many{i}", p, n) for i, (p, n) in enumerate(specs)))
+    assert [t for t, _, _ in together] == alone
+    s = engine.stats()
+    assert s.num_running == 0 and s.num_free_blocks == s.num_total_blocks
+
+
+def test_abort_from_another_thread_ends_the_stream(engine):
+    import threading
+
+    async def main():
+        outs = []
+        async for out in engine.generate(req(engine, "far-abort", "Tell me about rivers.", 500, ignore_eos=True)):
+            outs.append(out)
+            if len(outs) == 2:
+                threading.Thread(target=engine.abort, args=("far-abort",)).start()
+        return outs
+    outs = asyncio.run(main())
+    assert outs[-1].finished and outs[-1].finish_reason == FinishReason.CANCELLED
+    assert len(outs) < 100
+    s = engine.stats()
+    assert s.num_running == 0 and s.num_free_blocks == s.num_total_blocks
+
+
+def test_last_output_carries_timings_and_cached_tokens(engine):
+    [(_, _, last)] = run(engine, req(engine, "timed", shared_prompt("What is 3+4?"), 4))
+    t = last.timings
+    assert t is not None and 0 < t.arrival <= t.first_scheduled <= t.first_token <= t.finished
+    assert t.num_prefill_chunks >= 1 and t.num_cached_prompt_tokens == last.num_cached_tokens > 0
+
+
+def test_max_model_len_is_enforced_up_front(engine, model_path):
+    small = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=8 << 20, max_model_len=48))
+    small.start()
+    try:
+        assert small.max_model_len == small.model_info.max_model_len == 48
+        with pytest.raises(InvalidRequestError) as e:
+            run(small, EngineRequest("too-long", [1] * 48, GREEDY))
+        assert e.value.field == "prompt" and "48" in e.value.message
+        [(tokens, _, last)] = run(small, EngineRequest("fits", [1] * 40, GREEDY, StoppingParams(max_tokens=50,
+                                                                                            ignore_eos=True)))
+        assert len(tokens) == 8 and last.finish_reason == FinishReason.LENGTH
+    finally:
+        small.stop()
+
+
+@pytest.mark.parametrize("cfg, problem", [(dict(max_model_len=10**6), "context length"),
+                                          (dict(kv_cache_bytes=1 << 20, max_model_len=4096), "kv-cache-bytes"),
+                                          (dict(kv_cache_bytes=1000), "less than one KV block")])
+def test_impossible_configurations_fail_at_startup(engine, model_path, cfg, problem):
+    from cyserve.fastpath.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=problem):
+        Engine(EngineConfig(model_path=model_path, **cfg), engine.model, engine.tokenizer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -18,9 +19,10 @@ import structlog
 from cyserve.fastpath.block_allocator import BlockAllocator
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
+from cyserve.fastpath.kv_cache_manager import KVCacheManager
 from cyserve.fastpath.model_runner import ModelRunner, build_inputs
 from cyserve.fastpath.output_processor import SequenceOutputState
-from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput
+from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput, RequestTimings
 from cyserve.fastpath.sampler import sample, seed_state
 from cyserve.fastpath.scheduler import Scheduler
 from cyserve.fastpath.sequence import Sequence
@@ -30,6 +32,7 @@ from cyserve.kernels.cpu import threads
 log = structlog.get_logger("cyserve.engine")
 
 DEFAULT_KV_CACHE_BYTES_CAP = 1 << 30
+DEFAULT_KV_MEMORY_FRACTION = 4  # by default the cache takes at most 1/4 of the memory available
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class EngineConfig:
     model_path: str
     num_threads: int = 0  # 0 = the cores this process may use (affinity mask, cgroup quota)
     block_size: int = 16
-    kv_cache_bytes: int = 0  # 0 = min(1 GiB, a quarter of available memory)
+    kv_cache_bytes: int = 0  # 0 = see default_kv_cache_bytes()
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
+    max_num_batched_tokens: int = 512  # tokens per step: decodes first, then chunks of prefills
     max_model_len: int = 0  # 0 = the model's context length, capped by the KV cache
+    enable_prefix_caching: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,35 +69,59 @@ class ModelInfo:
 class EngineStats:
     num_running: int
     num_waiting: int
-    num_free_blocks: int
+    num_free_blocks: int  # blocks no request holds (prefix-cached ones included: reused on demand)
     num_total_blocks: int
-    num_preemptions: int
+    num_preemptions: int = 0
+    num_used_blocks: int = 0
+    num_cached_blocks: int = 0  # blocks (used or free) a request with the same prefix can share
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens whose K/V came from the cache
+    num_steps: int = 0
+    num_scheduled_tokens_last_step: int = 0
+    num_scheduled_tokens_total: int = 0  # / num_steps = mean tokens per step
+    block_size: int = 16
 
 
-def _available_memory_bytes() -> int:
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still use: MemAvailable, or less under a cgroup v2 limit (a pod)."""
+    avail = 4 << 30
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    avail = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 4 << 30
+    limit = _read_int("/sys/fs/cgroup/memory.max")
+    used = _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        avail = min(avail, max(limit - used, 0))
+    return avail
 
 
-def _kv_budget(cfg: EngineConfig) -> int:
-    if cfg.kv_cache_bytes > 0:
-        return cfg.kv_cache_bytes
-    return min(DEFAULT_KV_CACHE_BYTES_CAP, _available_memory_bytes() // 4)
+def default_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:
+    """A quarter of the available memory, at most 1 GiB, and no more than max_num_seqs full contexts."""
+    want = cfg.max_num_seqs * (cfg.max_model_len or context_length) * bytes_per_token
+    return max(min(DEFAULT_KV_CACHE_BYTES_CAP, available_memory_bytes() // DEFAULT_KV_MEMORY_FRACTION, want), 1)
 
 
 class _Subscriber:
-    """Where one request's outputs go: its event loop and queue."""
+    """Where one request's outputs go: its event loop and queue, its text state and timings."""
 
-    __slots__ = ("loop", "queue", "state")
+    __slots__ = ("loop", "queue", "state", "timings")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, state: SequenceOutputState) -> None:
         self.loop, self.queue, self.state = loop, queue, state
+        self.timings = RequestTimings(arrival=time.monotonic())
 
 
 class Engine:
@@ -102,17 +130,11 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         threads.set_num_threads(config.num_threads or threads.default_num_threads())
-        block_bytes = ModelRunner.kv_bytes_per_block(model, config.block_size)
-        budget = _kv_budget(config)
-        num_blocks = budget // block_bytes
-        if num_blocks < 1:
-            raise ModelLoadError(model.path, f"kv_cache_bytes={budget} is less than one KV block "
-                                 f"({block_bytes} bytes): raise --kv-cache-bytes")
-        capacity = num_blocks * config.block_size
-        ctx = model.config.context_length
-        self.max_model_len = min(config.max_model_len or ctx, ctx, capacity)
-        self.allocator = BlockAllocator(num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.allocator, config.max_num_seqs, config.max_num_batched_tokens)
+        num_blocks = self._size_kv_cache()
+        self.block_size = config.block_size
+        self.allocator = BlockAllocator(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv = KVCacheManager(self.allocator)
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(model, num_blocks, config.block_size)
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
                                                    tokenizer.token_to_id("<|eot_id|>")) if t is not None)
@@ -123,8 +145,33 @@ class Engine:
         self._arrivals = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    def _size_kv_cache(self) -> int:
+        """Blocks from the byte budget; sets max_model_len (never above what the cache holds)."""
+        cfg, model = self.config, self.model
+        if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
+            raise ModelLoadError(model.path, "block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        block_bytes = ModelRunner.kv_bytes_per_block(model, cfg.block_size)
+        ctx = model.config.context_length
+        budget = cfg.kv_cache_bytes or default_kv_cache_bytes(cfg, block_bytes // cfg.block_size, ctx)
+        num_blocks = budget // block_bytes
+        if num_blocks < 1:
+            raise ModelLoadError(model.path, f"kv_cache_bytes={budget} is less than one KV block "
+                                 f"({block_bytes} bytes): raise --kv-cache-bytes")
+        capacity = num_blocks * cfg.block_size
+        if cfg.max_model_len > ctx:
+            raise ModelLoadError(model.path, f"max_model_len={cfg.max_model_len} exceeds the model's context "
+                                 f"length {ctx}")
+        if cfg.max_model_len > capacity:
+            raise ModelLoadError(model.path, f"max_model_len={cfg.max_model_len} needs more KV cache than "
+                                 f"kv_cache_bytes={budget} holds ({capacity} tokens): raise --kv-cache-bytes "
+                                 "or lower --max-model-len")
+        self.max_model_len = cfg.max_model_len or min(ctx, capacity)
         log.info("kv_cache", blocks=num_blocks, tokens=capacity, bytes=num_blocks * block_bytes,
-                 block_size=config.block_size, max_model_len=self.max_model_len)
+                 block_size=cfg.block_size, max_model_len=self.max_model_len,
+                 prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
+                 max_num_batched_tokens=cfg.max_num_batched_tokens)
+        return num_blocks
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
@@ -163,9 +210,16 @@ class Engine:
             self._thread = None
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting,
-                           self.allocator.num_free_blocks, self.allocator.num_blocks,
-                           self.scheduler.num_preemptions)
+        """A snapshot of the counters (read without locking: each is one machine word)."""
+        s, a, kv = self.scheduler, self.allocator, self.kv
+        return EngineStats(
+            num_running=s.num_running, num_waiting=s.num_waiting, num_free_blocks=a.num_free_blocks,
+            num_total_blocks=a.num_blocks, num_preemptions=s.num_preemptions, num_used_blocks=a.num_used_blocks,
+            num_cached_blocks=a.num_cached_blocks, prefix_cache_queries=kv.prefix_cache_queries,
+            prefix_cache_hits=kv.prefix_cache_hits, num_steps=s.num_steps,
+            num_scheduled_tokens_last_step=s.last_num_scheduled_tokens,
+            num_scheduled_tokens_total=s.num_scheduled_tokens_total, block_size=a.block_size,
+        )
 
     # ---- the asyncio side ------------------------------------------------------------------
 
@@ -183,6 +237,8 @@ class Engine:
                 "including at least one generated token: shorten the prompt")
         if req.stopping.max_tokens < 1:
             raise InvalidRequestError("stopping.max_tokens", "must be at least 1")
+        if not -(2**31) <= req.priority < 2**31:
+            raise InvalidRequestError("priority", "must fit in a signed 32-bit integer")
         self._arrivals += 1
         return Sequence(
             request=req, arrival_index=self._arrivals, token_ids=list(req.prompt_token_ids),
@@ -249,39 +305,64 @@ class Engine:
         for item in items:
             if item[0] == "add":
                 self.scheduler.add(item[1])
-            else:
-                seq = self.scheduler.find(item[1])
-                if seq is not None:
-                    self.scheduler.finish(seq)
-                    self._emit(batch, seq, RequestOutput(seq.request_id, [], "", True, FinishReason.CANCELLED,
-                                                         num_prompt_tokens=seq.num_prompt_tokens,
-                                                         num_completion_tokens=seq.num_output_tokens))
+                continue
+            seq = self.scheduler.abort(item[1])
+            if seq is not None:
+                self._emit(batch, seq, RequestOutput(seq.request_id, [], "", True, FinishReason.CANCELLED,
+                                                     num_prompt_tokens=seq.num_prompt_tokens,
+                                                     num_completion_tokens=seq.num_output_tokens,
+                                                     num_cached_tokens=seq.num_cached_tokens))
 
     def _step(self, batch: dict) -> None:
         out = self.scheduler.schedule()
+        now = time.monotonic()
+        self._note_scheduled(out, now)
         if not out.scheduled:
             return
-        wants = [s.samples for s in out.scheduled]
-        items = [(s.seq.token_ids, s.seq.num_computed_tokens, s.num_new_tokens, s.seq.block_ids, w)
-                 for s, w in zip(out.scheduled, wants)]
+        items = [(s.token_ids, s.num_computed_tokens, s.num_scheduled_tokens, s.block_ids,
+                  s.num_computed_tokens + s.num_scheduled_tokens == len(s.token_ids)) for s in out.scheduled]
         try:
-            logits = self.runner.forward(build_inputs(items, self.allocator.block_size))
+            logits = self.runner.forward(build_inputs(items, self.block_size))
         except Exception as exc:  # a kernel rejected the batch: fail it, keep serving
             log.exception("forward_failed", num_seqs=len(items))
-            for s in out.scheduled:
-                self.scheduler.finish(s.seq)
-                self._emit(batch, s.seq, exc)
+            for seq in out.scheduled:
+                self.scheduler.finish(seq)
+                self._emit(batch, seq, exc)
             return
-        for s in out.scheduled:
-            s.seq.num_computed_tokens += s.num_new_tokens
-        sampling = [s.seq for s, w in zip(out.scheduled, wants) if w]
-        for seq, token in zip(sampling, sample(logits, sampling)):
+        self.scheduler.update(out)
+        now = time.monotonic()
+        logprobs: list = []  # per sampled row: None or (logprob, top alternatives)
+        tokens = sample(logits, out.sampling, self.eos_token_ids, logprobs)
+        for seq, token, token_logprobs in zip(out.sampling, tokens, logprobs):
             seq.token_ids.append(token)
             sub = self._subscribers.get(seq.request_id)
+            if sub is None:  # nobody listens any more (cannot happen while generate() holds it)
+                self.scheduler.finish(seq)
+                continue
+            if not sub.timings.first_token:
+                sub.timings.first_token = now
             result = sub.state.on_token(token)
+            result.num_cached_tokens = seq.num_cached_tokens
+            if token_logprobs is not None:
+                result.logprobs = [token_logprobs]
             if result.finished:
                 self.scheduler.finish(seq)
             self._emit(batch, seq, result)
+
+    def _note_scheduled(self, out, now: float) -> None:
+        """Timestamps for the service's traces: first scheduled, prefill chunks, preemptions."""
+        for seq in out.preempted:
+            sub = self._subscribers.get(seq.request_id)
+            if sub is not None:
+                sub.timings.preemptions.append(now)
+        for seq in out.scheduled:
+            if seq.num_computed_tokens + seq.num_scheduled_tokens <= seq.num_prompt_tokens:
+                sub = self._subscribers.get(seq.request_id)
+                if sub is not None:
+                    sub.timings.num_prefill_chunks += 1
+                    if not sub.timings.first_scheduled:
+                        sub.timings.first_scheduled = now
+                        sub.timings.num_cached_prompt_tokens = seq.num_cached_tokens
 
     def _fail_all(self, exc: Exception, batch: dict) -> None:
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
@@ -294,6 +375,9 @@ class Engine:
             return
         if isinstance(item, Exception) or item.finished:
             del self._subscribers[seq.request_id]
+            if not isinstance(item, Exception):
+                sub.timings.finished = time.monotonic()
+                item.timings = sub.timings
         batch[sub.loop].append((sub.queue, item))
 
     @staticmethod

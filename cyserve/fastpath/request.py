@@ -14,6 +14,8 @@ class FinishReason(enum.IntEnum):
     STOP_SEQUENCE = 3  # a stop string matched
     CANCELLED = 4  # aborted by the caller (cancel, disconnect, deadline)
     ERROR = 5  # the engine failed this request; see RequestOutput.error
+    STOP_TOKEN = 6  # one of StoppingParams.stop_token_ids was sampled
+    TIME_LIMIT = 7  # StoppingParams.max_time_s passed (enforced by the service)
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,22 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None  # None = drawn from the engine's entropy
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; applies to prompt and output tokens
+    presence_penalty: float = 0.0  # applies to output tokens
+    frequency_penalty: float = 0.0  # applies to output tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    logprobs: int | None = None  # None = no logprobs; k = the sampled token's and the top k
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def needs_processing(self) -> bool:
+        """Whether the logits change before picking (penalties or bias); else the raw row is used."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0 or bool(self.logit_bias))
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,9 @@ class StoppingParams:
     max_tokens: int = 256
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # EOS and stop tokens are masked out until this many tokens exist
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop: bool = False  # keep the matched stop string / stop token text in the output
 
 
 @dataclass
@@ -43,6 +60,23 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stopping: StoppingParams = field(default_factory=StoppingParams)
+    priority: int = 0  # higher is scheduled first (and preempted last); FCFS within a priority
+    cache_salt: str | None = None  # prefix-cache namespace: only requests with the same salt share K/V
+
+
+@dataclass
+class RequestTimings:
+    """Monotonic timestamps (time.monotonic()) the engine records for one request, so the
+    service can build trace spans and latency metrics after the fact; the engine thread itself
+    does no telemetry work. 0.0 = not reached."""
+
+    arrival: float = 0.0  # generate() accepted it
+    first_scheduled: float = 0.0  # its first prefill chunk ran
+    first_token: float = 0.0  # its first output token was sampled
+    finished: float = 0.0
+    num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
+    num_prefill_chunks: int = 0
+    preemptions: list[float] = field(default_factory=list)  # when it was preempted
 
 
 @dataclass
@@ -58,3 +92,8 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_completion_tokens: int = 0
     error: str = ""
+    num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache
+    timings: RequestTimings | None = None  # set on the last output of a request
+    stop_token_id: int | None = None  # set when finish_reason is STOP_TOKEN
+    # With SamplingParams.logprobs: per new token, (logprob, [(top id, top logprob), ...]).
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None

@@ -1,7 +1,12 @@
-"""Token sampling: greedy, temperature, top-k, top-p, with a per-request seeded generator.
+"""Token sampling: greedy, temperature, top-k, top-p, min-p, with a per-request seeded generator;
+logit processing (repetition/presence/frequency penalties, logit bias, EOS/stop-token masking until
+min_tokens) and log probabilities of the sampled tokens.
 
 Each sequence carries its own 64-bit generator state (splitmix64), so a seed gives the same
-tokens whether the request runs alone or batched with others.
+tokens whether the request runs alone or batched with others. Every sampled token draws exactly
+one uniform number, whatever the settings, so the stream of draws never depends on the batch.
+A request that uses none of the processing features takes the raw logits row untouched, so greedy
+and seeded outputs are bit-for-bit what they were before those features existed.
 """
 import numpy as np
 from libc.stdint cimport uint64_t
@@ -38,7 +43,8 @@ def seed_state(seed) -> int:
     return int(seed) & 0xFFFFFFFFFFFFFFFF
 
 
-cdef long _sample_row(object row, double temperature, int top_k, double top_p, uint64_t* state) except -1:
+cdef long _sample_row(object row, double temperature, int top_k, double top_p, double min_p,
+                      uint64_t* state) except -1:
     cdef Py_ssize_t vocab = row.shape[0]
     cdef double u
     cdef Py_ssize_t pick
@@ -52,6 +58,10 @@ cdef long _sample_row(object row, double temperature, int top_k, double top_p, u
     scaled = scaled[order]
     probs = np.exp(scaled - scaled[0])
     probs /= probs.sum()
+    if min_p > 0.0:  # probs are sorted: keep the prefix at or above min_p * the top probability
+        keep = int(np.count_nonzero(probs >= min_p * probs[0]))
+        cand = cand[:keep]
+        probs = probs[:keep] / probs[:keep].sum()
     if top_p < 1.0:
         cum = np.cumsum(probs)
         keep = int(np.searchsorted(cum, top_p)) + 1  # smallest prefix whose mass reaches top_p
@@ -64,8 +74,55 @@ cdef long _sample_row(object row, double temperature, int top_k, double top_p, u
     return int(cand[pick])
 
 
-def sample(object logits, list seqs) -> list:
-    """One token per row of `logits` [S, vocab] for the matching sequence in `seqs`."""
+def processed_row(object row, seq, eos_token_ids=()):
+    """The logits row after penalties, bias and min_tokens masking; `row` itself when nothing
+    applies (so the common path copies nothing)."""
+    params = seq.request.sampling
+    stopping = seq.request.stopping
+    mask = ()
+    if seq.num_output_tokens < stopping.min_tokens:
+        mask = tuple(stopping.stop_token_ids) + (() if stopping.ignore_eos else tuple(eos_token_ids))
+    if not params.needs_processing and not mask:
+        return row
+    row = np.array(row, dtype=np.float32)  # [vocab], a private copy
+    if params.repetition_penalty != 1.0:
+        seen = np.unique(np.asarray(seq.token_ids, dtype=np.int64))
+        vals = row[seen]
+        row[seen] = np.where(vals > 0, vals / params.repetition_penalty, vals * params.repetition_penalty)
+    if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+        out_ids = seq.token_ids[seq.num_prompt_tokens:]
+        if out_ids:
+            ids, counts = np.unique(np.asarray(out_ids, dtype=np.int64), return_counts=True)
+            row[ids] -= (params.frequency_penalty * counts + params.presence_penalty).astype(np.float32)
+    for token_id, bias in params.logit_bias:
+        row[token_id] += bias
+    for token_id in mask:
+        if 0 <= token_id < row.shape[0]:
+            row[token_id] = -np.inf
+    return row
+
+
+def token_logprobs(object row, long token, int num_top):
+    """(logprob of `token`, [(id, logprob) of the num_top most likely]) under log-softmax(row)."""
+    x = np.asarray(row, dtype=np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    top = []
+    if num_top > 0:
+        k = min(num_top, x.shape[0])
+        idx = np.argpartition(-x, k - 1)[:k]
+        idx = idx[np.argsort(-x[idx], kind="stable")]
+        top = [(int(j), float(x[j] - lse)) for j in idx]
+    return float(x[token] - lse), top
+
+
+def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None) -> list:
+    """One token per row of `logits` [S, vocab] for the matching sequence in `seqs`.
+
+    `eos_token_ids` are masked (with each request's stop_token_ids) until its min_tokens. When
+    `logprobs_out` is a list, it receives one entry per row: None, or (logprob, top) for requests
+    that asked for logprobs (of the raw logits: the model's own distribution).
+    """
     cdef Py_ssize_t i
     cdef uint64_t state
     cdef const float[:, ::1] view = logits
@@ -73,10 +130,16 @@ def sample(object logits, list seqs) -> list:
     for i in range(len(seqs)):
         seq = seqs[i]
         params = seq.request.sampling
+        raw = logits[i]
+        row = processed_row(raw, seq, eos_token_ids)
         if params.temperature <= 0.0:
-            out.append(int(argmax(view[i])))
-            continue
-        state = seq.rng_state
-        out.append(_sample_row(logits[i], params.temperature, params.top_k, params.top_p, &state))
-        seq.rng_state = state
+            token = int(argmax(view[i])) if row is raw else int(np.argmax(row))
+        else:
+            state = seq.rng_state
+            token = _sample_row(row, params.temperature, params.top_k, params.top_p, params.min_p, &state)
+            seq.rng_state = state
+        out.append(token)
+        if logprobs_out is not None:
+            num_top = getattr(params, "logprobs", None)
+            logprobs_out.append(None if num_top is None else token_logprobs(raw, token, num_top))
     return out

@@ -32,7 +32,7 @@ cdef class Tokenizer:
     cdef readonly object padding_token_id
     cdef readonly bint add_bos_token
     cdef readonly str pre                 # pre-tokenizer name as given by tokenizer.ggml.pre
-    cdef int _pre_kind
+    cdef int _pre_kind                    # pretokenizer.pre_kind_of(pre)
 
     cdef list _pieces                     # id -> piece, spelled as in the file
     cdef dict _piece_ids                  # piece -> id

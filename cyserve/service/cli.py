@@ -3,6 +3,7 @@
     cyserve serve [--host H] [--port P] [--model PATH] [--threads N] ...   run the gRPC server
     cyserve generate "prompt" [--chat] [--max-tokens N] [--temperature T]  stream a completion
     cyserve tokenize "text" [--model PATH]                                  token ids as JSON
+    cyserve bench [--address A] [--concurrency N | --sweep 1,4,16] ...      serving benchmark
 
 `serve` flags also come from CYSERVE_* environment variables (a flag wins over its variable);
 `generate` talks to a running server; `tokenize` reads the tokenizer straight from the GGUF file
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.service.config import DEFAULT_HOST, DEFAULT_PORT, ENV_VARS, ServerConfig, parse_bytes
+from cyserve.service.config import DEFAULT_METRICS_PORT
 from cyserve.service.config import default_model_path
 
 ADDRESS_ENV = "CYSERVE_ADDRESS"
@@ -54,7 +56,13 @@ def _serve(args: argparse.Namespace) -> int:
             kv_cache_bytes=args.kv_cache_bytes,
             max_num_seqs=args.max_num_seqs,
             block_size=args.block_size,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            prefix_caching=args.prefix_caching,
             grace_s=args.grace,
+            metrics_port=args.metrics_port,
+            trace_content=args.trace_content,
+            **{name: getattr(args, name) for name in _API_SETTINGS},
         )
     except ValueError as exc:
         return _fail(str(exc), status=2)
@@ -170,6 +178,15 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bench ----
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import cyserve.bench
+
+    return cyserve.bench.run(args)
+
+
 # ---- helpers ----
 
 
@@ -192,6 +209,26 @@ def _byte_size(text: str) -> int:
 
 def _env_help(field: str, default: str) -> str:
     return f"(env {ENV_VARS[field][0]}; default {default})"
+
+
+# serve's API limits and security flags: ServerConfig field -> (type, help).
+_API_SETTINGS: dict[str, tuple[Any, str]] = {
+    "max_prompt_tokens": (int, "most prompt tokens per request (0 = the context's bound)"),
+    "max_tokens": (int, "largest max_tokens a request may ask (0 = the context's bound)"),
+    "max_message_bytes": (_byte_size, "largest request message (default 4MiB)"),
+    "max_concurrent_streams": (int, "most calls generating at once; more get RESOURCE_EXHAUSTED (default 256)"),
+    "max_queued_requests": (int, "most requests waiting in the engine; more get RESOURCE_EXHAUSTED (default 256)"),
+    "tls_cert": (str, "PEM certificate chain: serve TLS (with --tls-key)"),
+    "tls_key": (str, "PEM private key of --tls-cert"),
+    "tls_client_ca": (str, "PEM CA bundle: require client certificates it signed (mutual TLS)"),
+    "auth_token_file": (str, "file holding the bearer token calls must send (else $CYSERVE_AUTH_TOKEN; "
+                             "unset = no auth)"),
+}
+
+
+def _add_api_arguments(serve: argparse.ArgumentParser) -> None:
+    for name, (kind, text) in _API_SETTINGS.items():
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} {_env_help(name, 'unset')}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -226,9 +263,36 @@ def _parser() -> argparse.ArgumentParser:
         help=f"tokens per KV block {_env_help('block_size', 'the engine default')}",
     )
     serve.add_argument(
+        "--max-num-batched-tokens", type=int, metavar="N",
+        help="tokens per engine step: decodes first, then chunks of prompts "
+        f"{_env_help('max_num_batched_tokens', 'the engine default')}",
+    )
+    serve.add_argument(
+        "--max-model-len", type=int, metavar="TOKENS",
+        help="longest prompt plus output served; longer prompts are rejected up front "
+        f"{_env_help('max_model_len', 'the context length, capped by the KV cache')}",
+    )
+    serve.add_argument(
+        "--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
+        help="compute every prompt in full instead of sharing the K/V of common prefixes "
+        f"{_env_help('prefix_caching', 'on')}",
+    )
+    serve.add_argument(
         "--grace", type=float, metavar="SECONDS",
         help=f"time in-flight calls get on shutdown {_env_help('grace_s', '10')}",
     )
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="Prometheus metrics at http://HOST:PORT/metrics; 0 turns them off "
+        f"{_env_help('metrics_port', str(DEFAULT_METRICS_PORT))}",
+    )
+    serve.add_argument(
+        "--trace-content", action="store_true", default=None,
+        help="record prompt and output text in trace spans (tracing itself is set up by the "
+        f"standard OTEL_* variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT) {_env_help('trace_content', 'off')}",
+    )
+
+    _add_api_arguments(serve)
 
     generate = commands.add_parser("generate", help="stream a completion from a running server")
     generate.set_defaults(run=_generate)
@@ -262,6 +326,14 @@ def _parser() -> argparse.ArgumentParser:
         "--model", metavar="PATH",
         help=f"GGUF file whose tokenizer to use {_env_help('model_path', 'the default model')}",
     )
+
+    bench = commands.add_parser(
+        "bench", help="benchmark a running server (cyserve over gRPC, or OpenAI-compatible HTTP)"
+    )
+    bench.set_defaults(run=_bench)
+    from cyserve.bench.options import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench, default_address=os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
     return parser
 
 

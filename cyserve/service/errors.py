@@ -5,6 +5,8 @@ Handlers raise domain exceptions; the interceptor turns them into statuses with 
 a logged INTERNAL.
 
     RequestValidationError, InvalidRequestError  -> INVALID_ARGUMENT + google.rpc.BadRequest
+    PromptTooLongError                           -> INVALID_ARGUMENT + BadRequest + ErrorInfo (limits)
+    ResourceExhaustedError                       -> RESOURCE_EXHAUSTED + RetryInfo + ErrorInfo
     EngineStoppedError, ServiceUnavailableError  -> UNAVAILABLE
     GenerationFailedError                        -> INTERNAL with the engine's message
     any other Exception                          -> INTERNAL "internal error" (logged with traceback)
@@ -28,6 +30,7 @@ log = structlog.get_logger("cyserve.service")
 
 # Only the methods of this service are wrapped; health and reflection keep their own behaviour.
 WRAPPED_SERVICE_PREFIX = "/cyserve.v1.Generation/"
+ERROR_DOMAIN = "cyserve.v1"  # google.rpc.ErrorInfo.domain of our errors
 
 
 class ServiceUnavailableError(Exception):
@@ -36,6 +39,52 @@ class ServiceUnavailableError(Exception):
 
 class GenerationFailedError(Exception):
     """The engine finished a request with FinishReason.ERROR; the message is the engine's."""
+
+
+class ResourceExhaustedError(Exception):
+    """The server is full (queue or streams); the caller should retry after `retry_after_s`."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.reason = reason  # ErrorInfo.reason: "QUEUE_FULL" or "TOO_MANY_STREAMS"
+        self.retry_after_s = retry_after_s
+
+
+class PromptTooLongError(RequestValidationError):
+    """The prompt has more tokens than the server allows; `limits` go to ErrorInfo.metadata."""
+
+    def __init__(self, field: str, limits: dict[str, int]) -> None:
+        description = (f"is {limits['prompt_tokens']} tokens; this server allows at most "
+                       f"{limits['max_prompt_tokens']} (max_model_len {limits['max_model_len']})")
+        super().__init__([FieldViolation(field, description)])
+        self.limits = dict(limits)
+
+
+def _pack(*details: Any) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)
+        packed.append(item)
+    return packed
+
+
+def prompt_too_long_status(exc: PromptTooLongError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason="PROMPT_TOO_LONG", domain=ERROR_DOMAIN,
+        metadata={k: str(v) for k, v in exc.limits.items()},
+    )
+    return _bad_request_with(exc, _pack(info))
+
+
+def resource_exhausted_status(exc: ResourceExhaustedError) -> grpc.Status:
+    seconds = max(exc.retry_after_s, 0.0)
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromNanoseconds(int(seconds * 1e9))
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED, message=f"server busy: {exc}", details=_pack(retry, info)
+    ))
 
 
 def bad_request_status(violations: list[FieldViolation]) -> grpc.Status:
@@ -54,14 +103,30 @@ def bad_request_status(violations: list[FieldViolation]) -> grpc.Status:
     )
 
 
+def _bad_request_with(exc: RequestValidationError, extra: list[any_pb2.Any]) -> grpc.Status:
+    """INVALID_ARGUMENT with the BadRequest of `exc` followed by `extra` details."""
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+        for v in exc.violations
+    ])
+    text = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=text, details=_pack(detail) + extra
+    ))
+
+
 def _plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
 
 
 def status_for(exc: Exception) -> grpc.Status:
     """The status a handler's exception becomes."""
+    if isinstance(exc, PromptTooLongError):
+        return prompt_too_long_status(exc)
     if isinstance(exc, RequestValidationError):
         return bad_request_status(exc.violations)
+    if isinstance(exc, ResourceExhaustedError):
+        return resource_exhausted_status(exc)
     if isinstance(exc, InvalidRequestError):
         return bad_request_status([FieldViolation(exc.field, exc.message)])
     if isinstance(exc, (EngineStoppedError, ServiceUnavailableError)):
@@ -79,9 +144,36 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort_with_status(status)
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the handler answers INVALID_ARGUMENT
+    (grpc-python would answer UNKNOWN and log a traceback)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and friends: the bytes are not this message
+            return _Malformed(f"the request bytes are not a valid message: {exc}")
+
+    return deserialize
+
+
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise RequestValidationError([FieldViolation("", request.problem)])
+
+
 def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _check_parsed(request)
             return await behaviour(request, context)
         except grpc.aio.AbortError:
             raise
@@ -96,6 +188,7 @@ def _wrap_stream(method: str, behaviour: Callable[..., Any]) -> Callable[..., An
 
         async def stream_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                _check_parsed(request)
                 async for response in behaviour(request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -120,7 +213,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(WRAPPED_SERVICE_PREFIX):
             return handler
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:

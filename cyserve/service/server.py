@@ -1,9 +1,11 @@
-"""The grpc.aio server: the Generation service plus grpc.health.v1 and server reflection, and
-`serve()`, which runs one until SIGTERM/SIGINT and shuts it down gracefully.
+"""The grpc.aio server: the Generation service plus grpc.health.v1 and server reflection, its
+telemetry (spans, the Prometheus endpoint on a port of its own), and `serve()`, which runs one
+until SIGTERM/SIGINT and shuts it down gracefully.
 """
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,8 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cyserve.service.config import ServerConfig
+from cyserve.service.auth import BearerTokenInterceptor
 from cyserve.service.errors import ErrorMappingInterceptor
+from cyserve.service.limits import ServiceLimits, grpc_options
+from cyserve.service.metrics import MetricsHTTPServer, ServiceMetrics
 from cyserve.service.servicer import GenerationServicer
+from cyserve.service.telemetry import Telemetry
+from cyserve.service.tracing import configure_tracing
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 
@@ -37,14 +44,28 @@ class ServeError(Exception):
 class Server:
     """One grpc.aio server around a started engine. Create and use it inside the event loop."""
 
-    def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 0, *,
+                 tracer_provider: Any | None = None, metrics_port: int | None = None,
+                 trace_content: bool = False, limits: ServiceLimits | None = None,
+                 credentials: grpc.ServerCredentials | None = None,
+                 auth_token: str | None = None) -> None:
+        """`tracer_provider` None = no spans; `metrics_port` None = no metrics, 0 = any free
+        port (the bound one is in `metrics_port` once started); `trace_content` puts prompt and
+        output text in spans."""
         self.engine = engine
         self.host = host
         self.port = port  # the bound port once started
+        self.metrics_port = metrics_port
+        self.telemetry = Telemetry(tracer_provider, None, trace_content, _model_name(engine))
+        self._metrics_http: MetricsHTTPServer | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopped = False
+        self.limits = limits or ServiceLimits()
+        self._credentials = credentials  # None = plaintext
+        self._auth_token = auth_token  # None = no authentication; never logged
+        self._servicer: GenerationServicer | None = None
 
     @property
     def address(self) -> str:
@@ -56,20 +77,34 @@ class Server:
         for service in HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._executor = ThreadPoolExecutor(NUM_CPU_WORKERS, thread_name_prefix="cyserve-cpu")
-        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
-        pb_grpc.add_GenerationServicer_to_server(
-            GenerationServicer(self.engine, self._executor), server
+        self._start_metrics()
+        # Telemetry first (outermost), so that it sees the status the error mapping chose.
+        interceptors = [self.telemetry.interceptor(), ErrorMappingInterceptor()]
+        if self._auth_token:
+            interceptors.insert(1, BearerTokenInterceptor(self._auth_token))
+        server = grpc.aio.server(
+            interceptors=interceptors, options=SERVER_OPTIONS + grpc_options(self.limits)
         )
+        self._servicer = GenerationServicer(
+            self.engine, self._executor, self.telemetry, self.limits,
+            tls=self._credentials is not None, auth_required=bool(self._auth_token),
+        )
+        pb_grpc.add_GenerationServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = self.address
         try:
-            port = server.add_insecure_port(address)
+            if self._credentials is not None:
+                port = server.add_secure_port(address, self._credentials)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
+            self._stop_metrics()
             raise ServeError(f"cannot listen on {address}: {exc}") from exc
         if port == 0:
+            self._stop_metrics()
             raise ServeError(f"cannot listen on {address}")
         self.port = port
         self._server = server
@@ -84,11 +119,32 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        if self._servicer is not None:
+            self._servicer.draining = True  # new generation calls: UNAVAILABLE
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_metrics()
+
+    def _start_metrics(self) -> None:
+        if self.metrics_port is None or self._metrics_http is not None:
+            return
+        info = self.engine.model_info
+        max_len = getattr(info, "max_model_len", 0) or info.context_length
+        metrics = ServiceMetrics(self.telemetry.model_name, max_len, self.engine)
+        try:
+            self._metrics_http = MetricsHTTPServer(metrics.registry, self.host, self.metrics_port)
+        except OSError as exc:
+            raise ServeError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from exc
+        self.metrics_port = self._metrics_http.port
+        self.telemetry.metrics = metrics
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.close()
+            self._metrics_http = None
 
 
 async def serve(config: ServerConfig) -> None:
@@ -99,9 +155,17 @@ async def serve(config: ServerConfig) -> None:
     from cyserve.fastpath.engine import Engine
 
     engine_config = config.engine_config()
+    try:
+        tracer_provider = configure_tracing(version=_version())
+    except ValueError as exc:
+        raise ServeError(f"tracing: {exc}") from exc
     engine = await asyncio.to_thread(Engine.from_config, engine_config)
     engine.start()
-    server = Server(engine, config.host, config.port)
+    server = Server(
+        engine, config.host, config.port, tracer_provider=tracer_provider,
+        metrics_port=config.metrics_port or None, trace_content=config.trace_content,
+        **_api_security(config),
+    )
     with _SignalWaiter(signal.SIGTERM, signal.SIGINT) as signals:
         try:
             await server.start()
@@ -113,6 +177,8 @@ async def serve(config: ServerConfig) -> None:
                 model=info.name,
                 model_path=engine_config.model_path,
                 quantization=str(getattr(info.quantization, "name", info.quantization)),
+                metrics_port=server.metrics_port,
+                tracing="on" if tracer_provider is not None else "off",
                 **_engine_stats(engine),
             )
             received = await signals.first
@@ -121,6 +187,8 @@ async def serve(config: ServerConfig) -> None:
         finally:
             await server.stop(0)  # no-op after a graceful stop; cleans up after a failed start
             await asyncio.to_thread(engine.stop)
+            if tracer_provider is not None:
+                await asyncio.to_thread(tracer_provider.shutdown)  # flushes the last spans
     log.info("server.stopped")
 
 
@@ -149,6 +217,28 @@ class _SignalWaiter:
             self.loop.remove_signal_handler(sig)
 
 
+def _api_security(config: ServerConfig) -> dict[str, Any]:
+    """Server kwargs for the limits, TLS and auth of `config`. Raises ServeError when unusable."""
+    from cyserve.service.auth import load_token
+    from cyserve.service.tls import server_credentials
+
+    given = {name: getattr(config, name) for name in ("max_prompt_tokens", "max_tokens",
+             "max_message_bytes", "max_concurrent_streams", "max_queued_requests")}
+    try:
+        limits = ServiceLimits(**{k: v for k, v in given.items() if v is not None})
+        limits.check()
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if config.tls_client_ca and not config.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+                       if config.tls_cert else None)
+        token = load_token(config.auth_token_file)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from exc
+    return {"limits": limits, "credentials": credentials, "auth_token": token}
+
+
 def _engine_stats(engine: Any) -> dict[str, Any]:
     try:
         stats = engine.stats()
@@ -158,3 +248,14 @@ def _engine_stats(engine: Any) -> dict[str, Any]:
         "num_kv_blocks": getattr(stats, "num_total_blocks", None),
         "num_free_kv_blocks": getattr(stats, "num_free_blocks", None),
     }
+
+
+def _model_name(engine: Any) -> str:
+    return str(getattr(engine.model_info, "name", "") or "")
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("cyserve")
+    except importlib.metadata.PackageNotFoundError:
+        return None

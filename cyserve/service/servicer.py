@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,14 +21,18 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput
+from cyserve.fastpath.request import EngineRequest, RequestOutput
 from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
-from cyserve.service.errors import GenerationFailedError
+from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
+from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError
+from cyserve.service.limits import Admission, ServiceLimits
+from cyserve.service.telemetry import Telemetry
 from cyserve.service.validation import (
     MAX_REQUEST_ID_CHARS,
     FieldViolation,
     RequestValidationError,
     check_generate_request,
+    generate_request_violations,
     sampling_params,
     stopping_params,
 )
@@ -41,9 +46,16 @@ T = TypeVar("T")
 class GenerationServicer(pb_grpc.GenerationServicer):
     """Serves one started engine (see docs/interfaces.md, "engine")."""
 
-    def __init__(self, engine: Any, executor: Executor) -> None:
+    def __init__(self, engine: Any, executor: Executor, telemetry: Telemetry | None = None,
+                 limits: ServiceLimits | None = None, *, tls: bool = False,
+                 auth_required: bool = False) -> None:
         self._engine = engine
         self._executor = executor
+        self._limits = limits or ServiceLimits()
+        self._admission = Admission(self._limits, engine)
+        self._features = {"tls": tls, "auth_required": auth_required}
+        self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
+        self._telemetry = telemetry or Telemetry(model_name=engine.model_info.name or "")
         self._model_info = model_info_message(engine.model_info)
         self._chat_template: ChatTemplate | None = None
         self._chat_template_problem = "the model has no chat template; send a prompt instead"
@@ -64,16 +76,27 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
+        check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
+        if request.sampling.HasField("n") and request.sampling.n > 1:
+            raise RequestValidationError([FieldViolation(
+                "sampling.n", "Generate returns one completion; use GenerateStream or GenerateBatch for n > 1")])
         texts: list[str] = []
-        token_ids: list[int] = []
+        whole = pb.GenerateResponse()
         last = pb.GenerateResponse()
-        async with contextlib.aclosing(self._generate(request, context, "Generate")) as responses:
-            async for last in responses:
-                texts.append(last.text)
-                token_ids.extend(last.token_ids)
+        with self._admit(1):
+            async with contextlib.aclosing(self._generate(request, context, "Generate")) as responses:
+                async for last in responses:
+                    texts.append(last.text)
+                    whole.token_ids.extend(last.token_ids)
+                    whole.logprobs.extend(last.logprobs)
+                    if last.HasField("params"):
+                        whole.params.CopyFrom(last.params)
         last.text = "".join(texts)
-        del last.token_ids[:]
-        last.token_ids.extend(token_ids)
+        for name in ("token_ids", "logprobs"):
+            del getattr(last, name)[:]
+            getattr(last, name).extend(getattr(whole, name))
+        if whole.HasField("params"):
+            last.params.CopyFrom(whole.params)
         return last
 
     async def GenerateStream(
@@ -81,11 +104,65 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> None:
         # context.write (not `yield`) so that a cancel while sending lands here, in our frame, and
         # aclosing() closes the engine's iterator at once.
-        async with contextlib.aclosing(
-            self._generate(request, context, "GenerateStream")
-        ) as responses:
-            async for response in responses:
-                await context.write(response)
+        # Validated before admission, so an invalid request is INVALID_ARGUMENT even when busy.
+        check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
+        n = request.sampling.n if request.sampling.HasField("n") else 1
+        with self._admit(n):
+            async with contextlib.aclosing(
+                self._completions(request, context, "GenerateStream")
+            ) as responses:
+                async for response in responses:
+                    await context.write(response)
+
+    async def GenerateBatch(
+        self, request: pb.GenerateBatchRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        self._check_batch(request)
+        num = sum(max(r.sampling.n, 1) if r.sampling.HasField("n") else 1 for r in request.requests)
+        with self._admit(num):
+            streams = [_errors_as_items(self._completions(item, context, "GenerateBatch", i), item, i)
+                       for i, item in enumerate(request.requests)]
+            async with contextlib.aclosing(merged(streams)) as responses:
+                async for response in responses:
+                    await context.write(response)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        vocab = self._engine.model_info.vocab_size
+        bad = [FieldViolation(f"token_ids[{i}]", f"token id {t} is outside the vocabulary 0..{vocab - 1}")
+               for i, t in enumerate(request.token_ids) if t >= vocab]
+        if bad:
+            raise RequestValidationError(bad[:8])
+        text = await self._run_cpu(self._engine.tokenizer.decode, list(request.token_ids),
+                                   skip_special=request.skip_special_tokens)
+        return pb.DetokenizeResponse(text=text)
+
+    async def RenderChat(
+        self, request: pb.RenderChatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenderChatResponse:
+        as_generate = pb.GenerateRequest(messages=request.messages)
+        if request.HasField("add_generation_prompt"):
+            as_generate.add_generation_prompt = request.add_generation_prompt
+        check_generate_request(as_generate)
+        prompt = await self._run_cpu(self._render_chat, as_generate)
+        token_ids = await self._run_cpu(self._engine.tokenizer.encode, prompt, parse_special=True)
+        return pb.RenderChatResponse(prompt=prompt, token_ids=token_ids)
+
+    async def GetCapabilities(
+        self, request: pb.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Capabilities:
+        lim, max_len = self._limits, self._model_info.max_model_len
+        return pb.Capabilities(
+            max_model_len=max_len, max_prompt_tokens=lim.prompt_limit(max_len),
+            max_tokens=min(lim.max_tokens or max_len, max_len), max_n=lim.max_n,
+            max_stop_sequences=lim.max_stop_sequences, max_stop_sequence_chars=lim.max_stop_sequence_chars,
+            max_stop_token_ids=lim.max_stop_token_ids, max_logit_bias=lim.max_logit_bias,
+            max_logprobs=lim.max_logprobs, max_batch_size=lim.max_batch_size,
+            max_message_bytes=lim.max_message_bytes, max_concurrent_streams=lim.max_concurrent_streams,
+            max_queued_requests=lim.max_queued_requests, chat=self._chat_template is not None,
+            prompt_logprobs=False, **self._features,
+        )
 
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
@@ -100,10 +177,60 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     # ---- generation ----
 
-    async def _generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str
+    def _admit(self, num_requests: int) -> contextlib.AbstractContextManager[None]:
+        if self.draining:
+            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+        return self._admission.admit(num_requests)
+
+    def _check_batch(self, request: pb.GenerateBatchRequest) -> None:
+        limit = self._limits.max_batch_size
+        if not request.requests or len(request.requests) > limit:
+            raise RequestValidationError([FieldViolation(
+                "requests", f"must hold 1 to {limit} requests, got {len(request.requests)}")])
+        vocab = self._engine.model_info.vocab_size
+        violations = [FieldViolation(f"requests[{i}].{v.field}", v.description)
+                      for i, item in enumerate(request.requests)
+                      for v in generate_request_violations(item, self._limits, vocab)]
+        if violations:
+            raise RequestValidationError(violations)
+
+    async def _completions(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str,
+        prompt_index: int = 0,
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """Responses for one request, logged as received and finished (never with prompt text)."""
+        """The responses of all n completions of `request`, merged; the prompt is encoded once
+        (and its K/V shared through the prefix cache)."""
+        n = request.sampling.n if request.sampling.HasField("n") else 1
+        if n <= 1:
+            async for response in self._generate(request, context, rpc, prompt_index=prompt_index):
+                yield response
+            return
+        check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
+        prompt_token_ids = await self._run_cpu(self._encode_prompt, request)
+        self._check_prompt_length(request, prompt_token_ids)
+        seed = request.sampling.seed if request.sampling.HasField("seed") else secrets.randbits(64)
+        streams = [self._generate(request, context, rpc, index=i, prompt_index=prompt_index,
+                                  prompt_token_ids=prompt_token_ids, seed=seed) for i in range(n)]
+        async with contextlib.aclosing(merged(streams)) as responses:
+            async for response in responses:
+                yield response
+
+    def _check_prompt_length(self, request: pb.GenerateRequest, prompt_token_ids: list[int]) -> None:
+        max_len = self._model_info.max_model_len
+        limit = self._limits.prompt_limit(max_len)
+        if len(prompt_token_ids) > limit:
+            field = ("messages" if request.messages else
+                     "prompt_token_ids" if request.prompt_token_ids else "prompt")
+            raise PromptTooLongError(field, {"prompt_tokens": len(prompt_token_ids),
+                                             "max_prompt_tokens": limit, "max_model_len": max_len})
+
+    async def _generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str,
+        index: int = 0, prompt_index: int = 0, prompt_token_ids: list[int] | None = None,
+        seed: int | None = None,
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Responses for one completion, logged as received and finished (never with prompt text).
+        `prompt_token_ids` given = the request was validated and encoded by the caller."""
         request_id = request.request_id or uuid.uuid4().hex
         engine_request_id = uuid.uuid4().hex  # unique even when callers reuse request_id
         rlog = log.bind(  # an over-long request_id is rejected below; never log it whole
@@ -121,19 +248,40 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 if request.sampling.HasField("temperature") else None
             ),
         )
-        progress = _Progress(started=time.monotonic())
+        progress = CompletionProgress(time.monotonic(), index, prompt_index, self._engine.tokenizer)
+        telemetry = self._telemetry.start_request(
+            rlog, context, "chat" if request.messages else "text_completion", progress.started,
+            prompt_index,
+        )
+        failure: BaseException | None = None
         try:
-            check_generate_request(request)
-            prompt_token_ids = await self._run_cpu(self._encode_prompt, request)
+            if prompt_token_ids is None:
+                check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
+                prompt_token_ids = await self._run_cpu(self._encode_prompt, request)
+                self._check_prompt_length(request, prompt_token_ids)
             progress.num_prompt_tokens = len(prompt_token_ids)
+            if seed is None:  # drawn here, not in the engine, so the first message can echo it
+                seed = request.sampling.seed if request.sampling.HasField("seed") else secrets.randbits(64)
             engine_request = EngineRequest(
                 request_id=engine_request_id,
                 prompt_token_ids=prompt_token_ids,
-                sampling=sampling_params(request.sampling),
+                sampling=sampling_params(request.sampling, request.output, index, seed),
                 stopping=stopping_params(request.stopping),
+                priority=request.priority,
+                cache_salt=request.cache_salt or None,
             )
-            async with contextlib.aclosing(_engine_outputs(self._engine, engine_request)) as outputs:
+            progress.params = resolved_params(engine_request, request.output)
+            deadline = (progress.started + request.stopping.max_time_s
+                        if request.stopping.HasField("max_time_s") else None)
+            telemetry.submitted(engine_request, functools.partial(_input_messages, request))
+            async with contextlib.aclosing(until_deadline(
+                _engine_outputs(self._engine, engine_request), deadline
+            )) as outputs:
                 async for output in outputs:
+                    if output is None:  # max_time_s passed; the engine request is aborted
+                        yield progress.time_limit_response(request_id)
+                        break
+                    telemetry.on_output(output)
                     response = progress.response(output, request_id)
                     if response is not None:
                         yield response
@@ -142,17 +290,27 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             if progress.finish_reason is None:
                 raise RuntimeError("the engine ended the request without a finish reason")
             progress.outcome = "ok"
-        except (GeneratorExit, asyncio.CancelledError):
+        except (GeneratorExit, asyncio.CancelledError) as exc:
             progress.outcome = "cancelled"
+            failure = exc
             raise
         except Exception as exc:
             progress.outcome = type(exc).__name__
+            failure = exc
             raise
         finally:
-            rlog.info("request.finished", **progress.summary())
+            finish_reason = progress.finish_reason
+            telemetry.finished(
+                progress.summary(),
+                finish_reason.name.lower() if finish_reason is not None else None,
+                progress.num_completion_tokens,
+                failure,
+            )
 
     def _encode_prompt(self, request: pb.GenerateRequest) -> list[int]:
         """Prompt token ids (runs in a worker thread)."""
+        if request.prompt_token_ids:
+            return list(request.prompt_token_ids)
         text = self._render_chat(request) if request.messages else request.prompt
         return list(self._engine.tokenizer.encode(text, parse_special=True))
 
@@ -173,6 +331,28 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
 
+async def _errors_as_items(
+    responses: AsyncIterator[pb.GenerateResponse], request: pb.GenerateRequest, prompt_index: int
+) -> AsyncIterator[pb.GenerateResponse]:
+    """A batch item's responses; a failure ends that item with FINISH_REASON_ERROR, not the call."""
+    try:
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                yield response
+    except Exception as exc:
+        yield pb.GenerateResponse(
+            request_id=request.request_id, prompt_index=prompt_index,
+            finish_reason=pb.FINISH_REASON_ERROR, error=str(exc) or type(exc).__name__,
+        )
+
+
+def _input_messages(request: pb.GenerateRequest) -> list[dict[str, str]]:
+    """The request's input as role/content messages (a prompt is one user message)."""
+    if request.messages:
+        return [{"role": m.role, "content": m.content} for m in request.messages]
+    return [{"role": "user", "content": request.prompt}]
+
+
 async def _engine_outputs(engine: Any, request: EngineRequest) -> AsyncIterator[RequestOutput]:
     """The engine's outputs for `request`; however this ends, the engine's iterator is closed,
     which aborts the request there and frees its KV blocks."""
@@ -186,60 +366,6 @@ async def _engine_outputs(engine: Any, request: EngineRequest) -> AsyncIterator[
         aclose = getattr(outputs, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-class _Progress:
-    """What one request has produced so far; builds its responses and its log summary."""
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.first_token_at: float | None = None
-        self.num_prompt_tokens = 0
-        self.num_completion_tokens = 0
-        self.finish_reason: FinishReason | None = None
-        self.outcome = "error"
-
-    def response(self, output: RequestOutput, request_id: str) -> pb.GenerateResponse | None:
-        """The message for one engine output; None when it carries nothing."""
-        if output.new_token_ids and self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        self.num_completion_tokens += len(output.new_token_ids)
-        if output.finished and output.finish_reason == FinishReason.ERROR:
-            raise GenerationFailedError(output.error or "the engine gave no reason")
-        if not output.finished:
-            if not output.text and not output.new_token_ids:
-                return None
-            return pb.GenerateResponse(
-                text=output.text, token_ids=output.new_token_ids, request_id=request_id
-            )
-        self.finish_reason = FinishReason(output.finish_reason)
-        if output.num_prompt_tokens:
-            self.num_prompt_tokens = output.num_prompt_tokens
-        if output.num_completion_tokens:
-            self.num_completion_tokens = output.num_completion_tokens
-        return pb.GenerateResponse(
-            text=output.text,
-            token_ids=output.new_token_ids,
-            finish_reason=int(self.finish_reason),
-            usage=pb.Usage(
-                prompt_tokens=self.num_prompt_tokens, completion_tokens=self.num_completion_tokens
-            ),
-            request_id=request_id,
-            stop_sequence=output.stop_sequence,
-        )
-
-    def summary(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "outcome": self.outcome,
-            "finish_reason": self.finish_reason.name if self.finish_reason is not None else None,
-            "prompt_tokens": self.num_prompt_tokens,
-            "completion_tokens": self.num_completion_tokens,
-            "duration_s": round(now - self.started, 4),
-            "ttft_s": (
-                round(self.first_token_at - self.started, 4) if self.first_token_at else None
-            ),
-        }
 
 
 def _piece(tokenizer: Any, token_id: int | None) -> str:

@@ -54,7 +54,7 @@ class ServeProcess:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
-             *args],
+             "--metrics-port", "0", *args],  # metrics off: servers here run side by side
             cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
