@@ -39,6 +39,7 @@ cdef class BlockAllocator:
     cdef size_t _slot_of(self, uint64_t a, uint64_t b) noexcept
     cdef void _evict(self, int b) noexcept
     cpdef list allocate(self, int n)
+    cdef bint allocate_into(self, list out, int n) except -1
     cpdef int free(self, list block_ids) except -1
     cdef int touch(self, int b) except -1
     cdef int find_cached(self, uint64_t a, uint64_t b, const int32_t* tokens) noexcept

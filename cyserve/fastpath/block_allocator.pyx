@@ -121,11 +121,15 @@ cdef class BlockAllocator:
     cpdef list allocate(self, int n):
         """n blocks with reference count 1 from the head of the free queue, or None when fewer than
         n are free. A block that still cached a prefix forgets it."""
+        cdef list out = []
+        return out if self.allocate_into(out, n) else None
+
+    cdef bint allocate_into(self, list out, int n) except -1:
+        """allocate(), appending to `out` (a sequence's block table: no temporary list)."""
         if n < 0:
             raise ValueError(f"cannot allocate {n} blocks")
         if n > self._num_free:
-            return None
-        cdef list out = []
+            return False
         cdef int b
         for _ in range(n):
             b = self._meta[self.num_blocks].next
@@ -134,7 +138,7 @@ cdef class BlockAllocator:
             self._meta[b].ref_count = 1
             out.append(b)
         self._num_free -= n
-        return out
+        return True
 
     cpdef int free(self, list block_ids) except -1:
         """Drop one reference to each block, last block first: of a sequence's cached blocks its tail

@@ -13,7 +13,6 @@ hit never reads K/V that is still being written or that a failed step left half 
 import os
 
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-
 from libc.stdlib cimport free, malloc
 
 from cyserve.fastpath.block_allocator cimport BlockAllocator
@@ -48,10 +47,10 @@ cdef class KVCacheManager:
         self.allocator = allocator
         self.block_size = allocator.block_size
         self.enable_prefix_caching = allocator.enable_prefix_caching
-        seed = os.urandom(16)  # per-process, like Python's str hash: keys cannot be precomputed
         self._scratch = <int32_t*> malloc(self.block_size * sizeof(int32_t))
         if self._scratch == NULL:
             raise MemoryError()
+        seed = os.urandom(16)  # per-process, like Python's str hash: keys cannot be precomputed
         self._seed_a = int.from_bytes(seed[:8], "little")
         self._seed_b = int.from_bytes(seed[8:], "little")
 
@@ -59,7 +58,7 @@ cdef class KVCacheManager:
         free(self._scratch)
 
     @classmethod
-    def create(cls, int num_blocks, int block_size=16, bint enable_prefix_caching=True) -> "KVCacheManager":
+    def create(cls, int num_blocks, int block_size=16, bint enable_prefix_caching=True):
         return cls(BlockAllocator(num_blocks, block_size, enable_prefix_caching))
 
     # ---- keys -------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ cdef class KVCacheManager:
                 self.prefix_cache_queries += len(seq.token_ids)
                 self.prefix_cache_hits += num_hits * bs
         if need:
-            seq.block_ids.extend(alloc.allocate(need))
+            alloc.allocate_into(seq.block_ids, need)
         return True
 
     cpdef int commit(self, Sequence seq) except -1:
