@@ -34,7 +34,8 @@ class Serve:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB"],
+            [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
+             "--threads", "1"],  # one thread: no OpenMP barriers to stall on a busy machine
             cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
