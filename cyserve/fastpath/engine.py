@@ -20,10 +20,10 @@ from cyserve.fastpath.block_allocator import BlockAllocator
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
 from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.model_runner import ModelRunner, build_inputs
+from cyserve.fastpath.model_runner import LogitRows, ModelRunner, build_inputs
 from cyserve.fastpath.output_processor import SequenceOutputState
-from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput, RequestTimings
-from cyserve.fastpath.sampler import sample, seed_state
+from cyserve.fastpath.request import EngineRequest, FinishReason, PromptLogprobs, RequestOutput, RequestTimings
+from cyserve.fastpath.sampler import rows_logprobs, sample, seed_state
 from cyserve.fastpath.scheduler import Scheduler
 from cyserve.fastpath.sequence import Sequence
 from cyserve.fastpath.tokenizer import Tokenizer
@@ -115,13 +115,16 @@ def default_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_leng
 
 
 class _Subscriber:
-    """Where one request's outputs go: its event loop and queue, its text state and timings."""
+    """Where one request's outputs go: its event loop and queue, its text state and timings, and
+    its prompt logprobs while they accumulate over prefill chunks (None: none asked, or sent)."""
 
-    __slots__ = ("loop", "queue", "state", "timings")
+    __slots__ = ("loop", "queue", "state", "timings", "prompt_logprobs")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, state: SequenceOutputState) -> None:
         self.loop, self.queue, self.state = loop, queue, state
         self.timings = RequestTimings(arrival=time.monotonic())
+        wanted = state.seq.request.sampling.prompt_logprobs is not None
+        self.prompt_logprobs: PromptLogprobs | None = PromptLogprobs() if wanted else None
 
 
 class Engine:
@@ -237,6 +240,8 @@ class Engine:
                 "including at least one generated token: shorten the prompt")
         if req.stopping.max_tokens < 1:
             raise InvalidRequestError("stopping.max_tokens", "must be at least 1")
+        if req.sampling.prompt_logprobs is not None and req.sampling.prompt_logprobs < 0:
+            raise InvalidRequestError("sampling.prompt_logprobs", "must be >= 0 (or None for none)")
         if not -(2**31) <= req.priority < 2**31:
             raise InvalidRequestError("priority", "must fit in a signed 32-bit integer")
         self._arrivals += 1
@@ -319,10 +324,13 @@ class Engine:
         self._note_scheduled(out, now)
         if not out.scheduled:
             return
-        items = [(s.token_ids, s.num_computed_tokens, s.num_scheduled_tokens, s.block_ids,
-                  s.num_computed_tokens + s.num_scheduled_tokens == len(s.token_ids)) for s in out.scheduled]
+        items = [(s.token_ids, s.num_computed_tokens, s.num_scheduled_tokens, s.block_ids, self._logit_rows(s))
+                 for s in out.scheduled]
         try:
-            logits = self.runner.forward(build_inputs(items, self.block_size))
+            inputs = build_inputs(items, self.block_size)
+            logits = self.runner.forward(inputs)
+            if any(item[4] == LogitRows.ALL for item in items):
+                logits = self._score_prompts(out.scheduled, items, inputs.logits_start_loc, logits)
         except Exception as exc:  # a kernel rejected the batch: fail it, keep serving
             log.exception("forward_failed", num_seqs=len(items))
             for seq in out.scheduled:
@@ -345,9 +353,48 @@ class Engine:
             result.num_cached_tokens = seq.num_cached_tokens
             if token_logprobs is not None:
                 result.logprobs = [token_logprobs]
+            if sub.prompt_logprobs is not None:  # complete once the prompt's last row is sampled
+                result.prompt_logprobs, sub.prompt_logprobs = sub.prompt_logprobs, None
             if result.finished:
                 self.scheduler.finish(seq)
             self._emit(batch, seq, result)
+
+    def _logit_rows(self, seq: Sequence) -> LogitRows:
+        """ALL while the sequence's prompt logprobs lack rows this chunk computes; else the sampling
+        row when the chunk ends at its last token."""
+        sub = self._subscribers.get(seq.request_id)
+        if sub is not None and sub.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens - 1:
+            return LogitRows.ALL
+        return LogitRows.LAST if seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq.token_ids) else LogitRows.NONE
+
+    def _score_prompts(self, scheduled: list, items: list, logits_start_loc, logits):
+        """Append this chunk's prompt logprobs to each ALL sequence's; returns the logits of the
+        sampling rows only (one per sequence of `out.sampling`, in order), as sample() wants them.
+        Row position p scores prompt token p + 1; rows already scored (a chunk recomputed after
+        preemption) are skipped."""
+        sampling_rows = []
+        for i, seq in enumerate(scheduled):
+            lo, hi = int(logits_start_loc[i]), int(logits_start_loc[i + 1])
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
+            if hi > lo and end == len(seq.token_ids):
+                sampling_rows.append(hi - 1)
+            sub = self._subscribers.get(seq.request_id)
+            if items[i][4] != LogitRows.ALL or sub is None or sub.prompt_logprobs is None:
+                continue
+            acc = sub.prompt_logprobs
+            first, last = len(acc), min(end, seq.num_prompt_tokens - 1)  # row positions [first, last)
+            if first < start:
+                raise RuntimeError(f"prompt logprobs of {seq.request_id!r} miss rows {first}..{start - 1}")
+            if last <= first:
+                continue
+            targets = seq.token_ids[first + 1:last + 1]
+            lp, top_ids, top_lp = rows_logprobs(logits[lo + first - start:lo + last - start], targets,
+                                                seq.request.sampling.prompt_logprobs)
+            acc.token_ids.extend(targets)
+            acc.logprobs.extend(lp.tolist())
+            acc.top_ids.extend(top_ids.tolist())
+            acc.top_logprobs.extend(top_lp.tolist())
+        return logits[sampling_rows]
 
     def _note_scheduled(self, out, now: float) -> None:
         """Timestamps for the service's traces: first scheduled, prefill chunks, preemptions."""

@@ -6,6 +6,7 @@ per step, not once per sequence. The runner owns the KV storage: per layer, K an
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,15 @@ def reference_kernels() -> SimpleNamespace:
     return SimpleNamespace(**{n: getattr(reference, n) for n in KERNEL_NAMES})
 
 
+class LogitRows(enum.IntEnum):
+    """Which of a scheduled sequence's new rows need next-token logits. NONE and LAST equal False
+    and True, so a plain bool still works."""
+
+    NONE = 0  # a prefill chunk that does not end the prompt
+    LAST = 1  # the row to sample from
+    ALL = 2  # every new row: prompt logprobs score each prompt token
+
+
 @dataclass
 class BatchInputs:
     """Flattened step inputs: the kernel API's view of a SchedulerOutput."""
@@ -43,11 +53,16 @@ class BatchInputs:
     query_start_loc: np.ndarray  # i32[S+1]
     context_lens: np.ndarray  # i32[S]
     logits_indices: np.ndarray  # i64[R]: rows of T whose next-token logits are needed
+    # i32[S+1]: sequence s owns logits rows logits_start_loc[s]:logits_start_loc[s+1] of forward()'s
+    # result (none, its last row, or all of its rows, per its LogitRows)
+    logits_start_loc: np.ndarray | None = None
 
 
 def build_inputs(scheduled: list, block_size: int) -> BatchInputs:
-    """`scheduled` holds (token_ids, num_computed, num_new, block_ids, wants_logits) per sequence."""
+    """`scheduled` holds (token_ids, num_computed, num_new, block_ids, logit_rows) per sequence;
+    logit_rows is a LogitRows (or a bool: True = LAST)."""
     tokens, positions, slots, starts, ctx, logit_rows = [], [], [], [0], [], []
+    logit_starts = [0]
     max_blocks = max(len(s[3]) for s in scheduled)
     tables = np.zeros((len(scheduled), max_blocks), dtype=np.int32)
     for i, (token_ids, start, n, block_ids, wants_logits) in enumerate(scheduled):
@@ -59,8 +74,11 @@ def build_inputs(scheduled: list, block_size: int) -> BatchInputs:
         tables[i, : len(block_ids)] = blocks
         starts.append(starts[-1] + n)
         ctx.append(start + n)
-        if wants_logits:
-            logit_rows.append(starts[-1] - 1)
+        if wants_logits == LogitRows.ALL:
+            logit_rows.append(np.arange(starts[-2], starts[-1], dtype=np.int64))
+        elif wants_logits:
+            logit_rows.append(np.asarray([starts[-1] - 1], dtype=np.int64))
+        logit_starts.append(logit_starts[-1] + (len(logit_rows[-1]) if wants_logits else 0))
     cat = lambda xs: np.ascontiguousarray(np.concatenate(xs), dtype=np.int32)  # noqa: E731
     return BatchInputs(
         token_ids=cat(tokens),
@@ -69,7 +87,8 @@ def build_inputs(scheduled: list, block_size: int) -> BatchInputs:
         block_tables=tables,
         query_start_loc=np.asarray(starts, dtype=np.int32),
         context_lens=np.asarray(ctx, dtype=np.int32),
-        logits_indices=np.asarray(logit_rows, dtype=np.int64),
+        logits_indices=(np.concatenate(logit_rows) if logit_rows else np.zeros(0, dtype=np.int64)),
+        logits_start_loc=np.asarray(logit_starts, dtype=np.int32),
     )
 
 

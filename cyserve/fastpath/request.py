@@ -32,6 +32,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # applies to output tokens
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
     logprobs: int | None = None  # None = no logprobs; k = the sampled token's and the top k
+    # None = none; k = every prompt token's logprob (but the first's) and the top k at its position.
+    # Such a request computes its whole prompt (no prefix-cache hits: they would skip rows).
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -80,6 +83,20 @@ class RequestTimings:
 
 
 @dataclass
+class PromptLogprobs:
+    """Scores of prompt tokens 1..n-1, each given the tokens before it (log-softmax of the raw
+    logits), with the most likely alternatives at each position, most likely first."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
 class RequestOutput:
     """One step's news for one request: new tokens, the text they completed, and the end."""
 
@@ -97,3 +114,5 @@ class RequestOutput:
     stop_token_id: int | None = None  # set when finish_reason is STOP_TOKEN
     # With SamplingParams.logprobs: per new token, (logprob, [(top id, top logprob), ...]).
     logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
+    # With SamplingParams.prompt_logprobs: set on the request's first output (its first token).
+    prompt_logprobs: PromptLogprobs | None = None

@@ -116,6 +116,39 @@ def token_logprobs(object row, long token, int num_top):
     return float(x[token] - lse), top
 
 
+# Rows of logits turned into log-probabilities at a time: the temporaries stay a few MB however
+# many rows a prefill chunk has.
+cdef int LOGPROBS_SLICE_ROWS = 32
+
+
+def rows_logprobs(object logits, object token_ids, int num_top):
+    """Log-probabilities under log-softmax of each row of `logits` f32[R, vocab]: of token_ids[r]
+    (-> f32[R]) and of the row's num_top most likely tokens, most likely first (-> i64[R, num_top]
+    ids, f32[R, num_top] logprobs). Vectorised over the rows, in slices."""
+    x = np.asarray(logits, dtype=np.float32)
+    targets = np.asarray(token_ids, dtype=np.int64)
+    cdef Py_ssize_t num_rows = x.shape[0], vocab = x.shape[1], lo, hi
+    k = min(max(num_top, 0), vocab)
+    target_lp = np.empty(num_rows, dtype=np.float32)
+    top_ids = np.empty((num_rows, k), dtype=np.int64)
+    top_lp = np.empty((num_rows, k), dtype=np.float32)
+    for lo in range(0, num_rows, LOGPROBS_SLICE_ROWS):
+        hi = min(lo + LOGPROBS_SLICE_ROWS, num_rows)
+        rows = x[lo:hi]
+        m = rows.max(axis=1, keepdims=True)  # [r, 1]
+        lse = (m[:, 0].astype(np.float64)
+               + np.log(np.exp(rows - m).sum(axis=1, dtype=np.float64)))  # [r]
+        picked = np.take_along_axis(rows, targets[lo:hi, None], axis=1)[:, 0]
+        target_lp[lo:hi] = picked - lse
+        if k:
+            idx = np.argpartition(-rows, k - 1, axis=1)[:, :k]  # [r, k], unordered
+            vals = np.take_along_axis(rows, idx, axis=1)
+            order = np.argsort(-vals, axis=1, kind="stable")
+            top_ids[lo:hi] = np.take_along_axis(idx, order, axis=1)
+            top_lp[lo:hi] = np.take_along_axis(vals, order, axis=1) - lse[:, None]
+    return target_lp, top_ids, top_lp
+
+
 def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None) -> list:
     """One token per row of `logits` [S, vocab] for the matching sequence in `seqs`.
 

@@ -26,10 +26,28 @@ cdef int WAITING = SequenceStatus.WAITING
 cdef int RUNNING = SequenceStatus.RUNNING
 cdef int FINISHED = SequenceStatus.FINISHED
 
+# A request with prompt logprobs gets logits for every prompt row (f32[rows, vocab]: 25 MB per 128
+# rows at a 49,152-token vocabulary), so its prefill chunks are capped at this many tokens: the
+# step's memory stays bounded whatever the token budget, and other requests keep their share of it.
+cdef int PROMPT_LOGPROBS_MAX_CHUNK = 128
+
 
 cdef inline bint _before(Sequence a, Sequence b) noexcept:
     """True when a is more urgent than b: higher priority, then earlier arrival."""
     return a.priority > b.priority or (a.priority == b.priority and a.arrival_index < b.arrival_index)
+
+
+cdef inline bint _wants_prompt_logprobs(Sequence seq):
+    return getattr(getattr(seq.request, "sampling", None), "prompt_logprobs", None) is not None
+
+
+cdef inline int _prefill_chunk(Sequence seq, int remaining, int budget) except -1:
+    """Tokens of a prefill to schedule now: what is left, within the budget (and the cap above)."""
+    cdef int n = remaining if remaining < budget else budget
+    if n > PROMPT_LOGPROBS_MAX_CHUNK and seq.num_computed_tokens < seq.num_prompt_tokens \
+            and _wants_prompt_logprobs(seq):
+        n = PROMPT_LOGPROBS_MAX_CHUNK
+    return n
 
 
 cdef class SchedulerOutput:
@@ -149,7 +167,7 @@ cdef class Scheduler:
             remaining = seq.num_uncomputed()
             if remaining <= 0 or seq.num_scheduled_tokens or (remaining == 1) != decodes:
                 continue
-            n = remaining if remaining < self._budget else self._budget
+            n = 1 if decodes else _prefill_chunk(seq, remaining, self._budget)
             if not self._reserve(seq, n):
                 break  # seq preempted itself: it was the last running sequence
             self._schedule_seq(seq, n)
@@ -182,10 +200,11 @@ cdef class Scheduler:
                     return 0
                 self._preempt(<Sequence> self.running[len(self.running) - 1])
                 continue
-            hits = self.kv.get_computed_blocks(seq)
-            n = len(seq.token_ids) - len(hits) * self.block_size
-            if n > self._budget:
-                n = self._budget
+            # Prompt logprobs need the logits of every prompt row, which a prefix-cache hit would
+            # skip: such a request computes its whole prompt (its blocks still join the cache).
+            hits = None if _wants_prompt_logprobs(seq) else self.kv.get_computed_blocks(seq)
+            n = _prefill_chunk(seq, len(seq.token_ids) - (len(hits) * self.block_size if hits else 0),
+                               self._budget)
             while not self.kv.allocate_slots(seq, n, hits):
                 if not self._outranks_last_running(seq):
                     return 0  # the head waits; later arrivals do not overtake it

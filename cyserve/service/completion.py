@@ -48,11 +48,12 @@ class CompletionProgress:
         if output.finished and output.finish_reason == FinishReason.ERROR:
             raise GenerationFailedError(output.error or "the engine gave no reason")
         logprobs = logprob_messages(self.tokenizer, output)
+        prompt_logprobs = prompt_logprob_messages(self.tokenizer, output)
         if not output.finished:
             if not output.text and not output.new_token_ids and self.params is None:
                 return None
             return self._message(request_id, text=output.text, token_ids=output.new_token_ids,
-                                 logprobs=logprobs)
+                                 logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         self.finish_reason = FinishReason(output.finish_reason)
         if output.num_prompt_tokens:
             self.num_prompt_tokens = output.num_prompt_tokens
@@ -61,7 +62,7 @@ class CompletionProgress:
         self.num_cached_tokens = output.num_cached_tokens
         message = self._message(
             request_id, text=output.text, token_ids=output.new_token_ids, logprobs=logprobs,
-            finish_reason=int(self.finish_reason), usage=self.usage(),
+            prompt_logprobs=prompt_logprobs, finish_reason=int(self.finish_reason), usage=self.usage(),
             stop_sequence=output.stop_sequence, timings=self.timings(output),
         )
         if output.stop_token_id is not None:
@@ -118,6 +119,23 @@ def logprob_messages(tokenizer: Any, output: RequestOutput) -> list[pb.TokenLogp
             top_logprobs=[pb.TokenLogprob(token_id=t, logprob=lp, token=piece(t)) for t, lp in top],
         ))
     return messages
+
+
+def prompt_logprob_messages(tokenizer: Any, output: RequestOutput) -> list[pb.TokenLogprob]:
+    """TokenLogprob per scored prompt token of `output` (empty unless this output carries them)."""
+    scores = output.prompt_logprobs
+    if not scores:
+        return []
+    piece = tokenizer.id_to_piece if tokenizer is not None else (lambda _: "")
+    return [
+        pb.TokenLogprob(
+            token_id=token_id, logprob=logprob, token=piece(token_id),
+            top_logprobs=[pb.TokenLogprob(token_id=t, logprob=lp, token=piece(t))
+                          for t, lp in zip(top_ids, top_lps)],
+        )
+        for token_id, logprob, top_ids, top_lps in zip(
+            scores.token_ids, scores.logprobs, scores.top_ids, scores.top_logprobs)
+    ]
 
 
 def resolved_params(request: EngineRequest, output: pb.OutputOptions) -> pb.ResolvedParams:

@@ -8,6 +8,7 @@ a logged INTERNAL.
     PromptTooLongError                           -> INVALID_ARGUMENT + BadRequest + ErrorInfo (limits)
     ResourceExhaustedError                       -> RESOURCE_EXHAUSTED + RetryInfo + ErrorInfo
     EngineStoppedError, ServiceUnavailableError  -> UNAVAILABLE
+    ModelLoadingError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (MODEL_LOADING)
     GenerationFailedError                        -> INTERNAL with the engine's message
     any other Exception                          -> INTERNAL "internal error" (logged with traceback)
 """
@@ -35,6 +36,15 @@ ERROR_DOMAIN = "cyserve.v1"  # google.rpc.ErrorInfo.domain of our errors
 
 class ServiceUnavailableError(Exception):
     """The server cannot take the call now (starting up or shutting down)."""
+
+
+class ModelLoadingError(ServiceUnavailableError):
+    """The server listens but its model is still loading; retry after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("the model is still loading; retry shortly (health reports SERVING once "
+                         "it is ready)")
+        self.retry_after_s = retry_after_s
 
 
 class GenerationFailedError(Exception):
@@ -115,6 +125,15 @@ def _bad_request_with(exc: RequestValidationError, extra: list[any_pb2.Any]) -> 
     ))
 
 
+def model_loading_status(exc: ModelLoadingError) -> grpc.Status:
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromNanoseconds(int(max(exc.retry_after_s, 0.0) * 1e9))
+    info = error_details_pb2.ErrorInfo(reason="MODEL_LOADING", domain=ERROR_DOMAIN)
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.UNAVAILABLE, message=f"server unavailable: {exc}", details=_pack(retry, info)
+    ))
+
+
 def _plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
 
@@ -129,6 +148,8 @@ def status_for(exc: Exception) -> grpc.Status:
         return resource_exhausted_status(exc)
     if isinstance(exc, InvalidRequestError):
         return bad_request_status([FieldViolation(exc.field, exc.message)])
+    if isinstance(exc, ModelLoadingError):
+        return model_loading_status(exc)
     if isinstance(exc, (EngineStoppedError, ServiceUnavailableError)):
         reason = str(exc) or "the engine is not running"
         return _plain_status(grpc.StatusCode.UNAVAILABLE, f"server unavailable: {reason}")

@@ -109,11 +109,22 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     so the handler's spans and log lines join it), and the calls-by-status-code counter. Put it
     before ErrorMappingInterceptor so that it sees the status the error mapping chose."""
 
-    def __init__(self, tracer: trace.Tracer | None, metrics: ServiceMetrics | None,
-                 model_name: str = "") -> None:
-        self._tracer = tracer
-        self._metrics = metrics
-        self._model_name = model_name
+    def __init__(self, owner: Any) -> None:
+        """`owner` is the server's Telemetry, read at each call: its metrics and model name are
+        only set once the model has loaded, after the server already listens."""
+        self._owner = owner
+
+    @property
+    def _tracer(self) -> trace.Tracer | None:
+        return self._owner.tracer
+
+    @property
+    def _metrics(self) -> ServiceMetrics | None:
+        return self._owner.metrics
+
+    @property
+    def _model_name(self) -> str:
+        return self._owner.model_name
 
     async def intercept_service(
         self,

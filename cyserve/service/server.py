@@ -1,12 +1,17 @@
 """The grpc.aio server: the Generation service plus grpc.health.v1 and server reflection, its
 telemetry (spans, the Prometheus endpoint on a port of its own), and `serve()`, which runs one
 until SIGTERM/SIGINT and shuts it down gracefully.
+
+The port is bound before the model loads: until then health says NOT_SERVING and every Generation
+call gets UNAVAILABLE with RetryInfo (cyserve.service.readiness), so orchestrators and clients see
+a server that is starting, not one that is absent.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +25,7 @@ from cyserve.service.auth import BearerTokenInterceptor
 from cyserve.service.errors import ErrorMappingInterceptor
 from cyserve.service.limits import ServiceLimits, grpc_options
 from cyserve.service.metrics import MetricsHTTPServer, ServiceMetrics
+from cyserve.service.readiness import ReadinessInterceptor
 from cyserve.service.servicer import GenerationServicer
 from cyserve.service.telemetry import Telemetry
 from cyserve.service.tracing import configure_tracing
@@ -42,9 +48,10 @@ class ServeError(Exception):
 
 
 class Server:
-    """One grpc.aio server around a started engine. Create and use it inside the event loop."""
+    """One grpc.aio server around a started engine, or one still to come (None: `start()` serves
+    NOT_SERVING / UNAVAILABLE until `load()` or `attach()`). Create and use it inside the event loop."""
 
-    def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, engine: Any | None, host: str = "127.0.0.1", port: int = 0, *,
                  tracer_provider: Any | None = None, metrics_port: int | None = None,
                  trace_content: bool = False, limits: ServiceLimits | None = None,
                  credentials: grpc.ServerCredentials | None = None,
@@ -56,7 +63,8 @@ class Server:
         self.host = host
         self.port = port  # the bound port once started
         self.metrics_port = metrics_port
-        self.telemetry = Telemetry(tracer_provider, None, trace_content, _model_name(engine))
+        self.telemetry = Telemetry(tracer_provider, None, trace_content,
+                                   _model_name(engine) if engine is not None else "")
         self._metrics_http: MetricsHTTPServer | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -73,21 +81,24 @@ class Server:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        """Bind, start, and report SERVING; returns the bound port. Raises ServeError."""
+        """Bind and start; returns the bound port. SERVING at once when the server has its engine,
+        else NOT_SERVING until `load()`/`attach()`. Raises ServeError."""
         for service in HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._executor = ThreadPoolExecutor(NUM_CPU_WORKERS, thread_name_prefix="cyserve-cpu")
-        self._start_metrics()
-        # Telemetry first (outermost), so that it sees the status the error mapping chose.
-        interceptors = [self.telemetry.interceptor(), ErrorMappingInterceptor()]
+        self._servicer = GenerationServicer(
+            None, self._executor, self.telemetry, self.limits,
+            tls=self._credentials is not None, auth_required=bool(self._auth_token),
+        )
+        servicer = self._servicer
+        # Telemetry first (outermost), so that it sees the status the error mapping chose; the
+        # readiness gate inside the error mapping, which turns its refusal into a status.
+        interceptors = [self.telemetry.interceptor(), ErrorMappingInterceptor(),
+                        ReadinessInterceptor(lambda: servicer.ready)]
         if self._auth_token:
             interceptors.insert(1, BearerTokenInterceptor(self._auth_token))
         server = grpc.aio.server(
             interceptors=interceptors, options=SERVER_OPTIONS + grpc_options(self.limits)
-        )
-        self._servicer = GenerationServicer(
-            self.engine, self._executor, self.telemetry, self.limits,
-            tls=self._credentials is not None, auth_required=bool(self._auth_token),
         )
         pb_grpc.add_GenerationServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -101,17 +112,37 @@ class Server:
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            self._stop_metrics()
             raise ServeError(f"cannot listen on {address}: {exc}") from exc
         if port == 0:
-            self._stop_metrics()
             raise ServeError(f"cannot listen on {address}")
         self.port = port
         self._server = server
         await server.start()
+        if self.engine is not None:
+            await self.attach(self.engine)
+        return port
+
+    async def load(self, loader: Callable[[], Any]) -> Any:
+        """Run `loader` (returns a started engine; may block for long) in a worker thread, then
+        attach its engine. Its exceptions (e.g. ModelLoadError) propagate; the server stays
+        NOT_SERVING then."""
+        engine = await asyncio.to_thread(loader)
+        await self.attach(engine)
+        return engine
+
+    async def attach(self, engine: Any) -> None:
+        """Serve `engine` (started): metrics on, Generation calls answered, health SERVING.
+        Raises ServeError when the metrics port cannot be bound. A stopping server stays down."""
+        if self._servicer is None:
+            raise RuntimeError("start() the server before attaching an engine")
+        if self._stopped:
+            return
+        self.engine = engine
+        self.telemetry.model_name = _model_name(engine)
+        self._start_metrics()
+        self._servicer.attach(engine)
         for service in HEALTH_SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        return port
 
     async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace` seconds,
@@ -148,9 +179,10 @@ class Server:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Load the model, serve until SIGTERM or SIGINT, shut down gracefully, return.
+    """Listen, load the model, serve until SIGTERM or SIGINT, shut down gracefully, return.
 
-    Raises ModelLoadError (model unusable) or ServeError (address unusable) before serving.
+    Raises ModelLoadError (model unusable) or ServeError (address unusable); a signal while the
+    model loads stops the server once the load is over.
     """
     from cyserve.fastpath.engine import Engine
 
@@ -159,37 +191,56 @@ async def serve(config: ServerConfig) -> None:
         tracer_provider = configure_tracing(version=_version())
     except ValueError as exc:
         raise ServeError(f"tracing: {exc}") from exc
-    engine = await asyncio.to_thread(Engine.from_config, engine_config)
-    engine.start()
+    engines: list[Any] = []  # the engine once loaded, whatever happens meanwhile
+
+    def load_engine() -> Any:
+        engine = Engine.from_config(engine_config)
+        engine.start()
+        engines.append(engine)
+        return engine
+
     server = Server(
-        engine, config.host, config.port, tracer_provider=tracer_provider,
+        None, config.host, config.port, tracer_provider=tracer_provider,
         metrics_port=config.metrics_port or None, trace_content=config.trace_content,
         **_api_security(config),
     )
     with _SignalWaiter(signal.SIGTERM, signal.SIGINT) as signals:
+        loading: asyncio.Future | None = None
         try:
             await server.start()
-            info = engine.model_info
-            log.info(
-                "server.started",
-                address=server.address,
-                port=server.port,
-                model=info.name,
-                model_path=engine_config.model_path,
-                quantization=str(getattr(info.quantization, "name", info.quantization)),
-                metrics_port=server.metrics_port,
-                tracing="on" if tracer_provider is not None else "off",
-                **_engine_stats(engine),
-            )
+            log.info("server.loading", address=server.address, port=server.port,
+                     model_path=engine_config.model_path)
+            loading = asyncio.ensure_future(server.load(load_engine))
+            await asyncio.wait([loading, signals.first], return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                _log_started(server, loading.result(), engine_config.model_path, tracer_provider)
             received = await signals.first
             log.info("server.stopping", signal=received.name, grace_s=config.grace_s)
             await server.stop(config.grace_s)
         finally:
             await server.stop(0)  # no-op after a graceful stop; cleans up after a failed start
-            await asyncio.to_thread(engine.stop)
+            if loading is not None and not loading.done():
+                await asyncio.wait([loading])  # a thread cannot be cancelled: let the load end
+            for engine in engines:
+                await asyncio.to_thread(engine.stop)
             if tracer_provider is not None:
                 await asyncio.to_thread(tracer_provider.shutdown)  # flushes the last spans
     log.info("server.stopped")
+
+
+def _log_started(server: Server, engine: Any, model_path: str, tracer_provider: Any) -> None:
+    info = engine.model_info
+    log.info(
+        "server.started",
+        address=server.address,
+        port=server.port,
+        model=info.name,
+        model_path=model_path,
+        quantization=str(getattr(info.quantization, "name", info.quantization)),
+        metrics_port=server.metrics_port,
+        tracing="on" if tracer_provider is not None else "off",
+        **_engine_stats(engine),
+    )
 
 
 class _SignalWaiter:

@@ -44,18 +44,29 @@ T = TypeVar("T")
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
-    """Serves one started engine (see docs/interfaces.md, "engine")."""
+    """Serves one started engine (see docs/interfaces.md, "engine"). Created without one while the
+    model loads (ReadinessInterceptor keeps calls away until `attach`)."""
 
-    def __init__(self, engine: Any, executor: Executor, telemetry: Telemetry | None = None,
+    def __init__(self, engine: Any | None, executor: Executor, telemetry: Telemetry | None = None,
                  limits: ServiceLimits | None = None, *, tls: bool = False,
                  auth_required: bool = False) -> None:
-        self._engine = engine
         self._executor = executor
         self._limits = limits or ServiceLimits()
-        self._admission = Admission(self._limits, engine)
         self._features = {"tls": tls, "auth_required": auth_required}
         self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
-        self._telemetry = telemetry or Telemetry(model_name=engine.model_info.name or "")
+        self._telemetry = telemetry or Telemetry(
+            model_name=(engine.model_info.name or "") if engine is not None else "")
+        self._engine: Any = None
+        if engine is not None:
+            self.attach(engine)
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    def attach(self, engine: Any) -> None:
+        """Serve `engine` (started) from now on."""
+        self._admission = Admission(self._limits, engine)
         self._model_info = model_info_message(engine.model_info)
         self._chat_template: ChatTemplate | None = None
         self._chat_template_problem = "the model has no chat template; send a prompt instead"
@@ -70,6 +81,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             except ChatTemplateError as exc:
                 self._chat_template_problem = f"{exc}; send a prompt instead"
                 log.warning("chat_template.unusable", error=str(exc))
+        self._engine = engine  # last: `ready` means every field above is set
 
     # ---- RPCs ----
 
@@ -89,10 +101,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                     texts.append(last.text)
                     whole.token_ids.extend(last.token_ids)
                     whole.logprobs.extend(last.logprobs)
+                    whole.prompt_logprobs.extend(last.prompt_logprobs)
                     if last.HasField("params"):
                         whole.params.CopyFrom(last.params)
         last.text = "".join(texts)
-        for name in ("token_ids", "logprobs"):
+        for name in ("token_ids", "logprobs", "prompt_logprobs"):
             del getattr(last, name)[:]
             getattr(last, name).extend(getattr(whole, name))
         if whole.HasField("params"):
@@ -161,7 +174,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             max_logprobs=lim.max_logprobs, max_batch_size=lim.max_batch_size,
             max_message_bytes=lim.max_message_bytes, max_concurrent_streams=lim.max_concurrent_streams,
             max_queued_requests=lim.max_queued_requests, chat=self._chat_template is not None,
-            prompt_logprobs=False, **self._features,
+            prompt_logprobs=True, **self._features,
         )
 
     async def Tokenize(

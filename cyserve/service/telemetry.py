@@ -44,7 +44,7 @@ class Telemetry:
         self.model_name = model_name
 
     def interceptor(self) -> TelemetryInterceptor:
-        return TelemetryInterceptor(self.tracer, self.metrics, self.model_name)
+        return TelemetryInterceptor(self)
 
     def start_request(self, log: Any, context: grpc.aio.ServicerContext, operation: str,
                       started: float, prompt_index: int = 0) -> RequestTelemetry:

@@ -155,10 +155,8 @@ def _output_violations(output: pb.OutputOptions, limits) -> list[FieldViolation]
     v: list[FieldViolation] = []
     max_logprobs = limits.max_logprobs if limits is not None else None
     if max_logprobs is not None:
-        _range(v, output, "logprobs", lambda k: k <= max_logprobs, f"at most {max_logprobs}")
-    if output.HasField("prompt_logprobs"):
-        v.append(FieldViolation("prompt_logprobs", "is not supported by this server yet "
-                                                   "(see Capabilities.prompt_logprobs)"))
+        for name in ("logprobs", "prompt_logprobs"):
+            _range(v, output, name, lambda k: k <= max_logprobs, f"at most {max_logprobs}")
     return [FieldViolation("output." + x.field, x.description) for x in v]
 
 
@@ -167,7 +165,9 @@ def sampling_params(sampling: pb.SamplingParams, output: pb.OutputOptions | None
     """The engine's SamplingParams: fields the caller set, the engine's defaults for the rest.
 
     Completion `index` of n uses seed + index (of the caller's seed, else of `default_seed`), so
-    each completion differs and every one is reproducible from the echoed seed.
+    each completion differs and every one is reproducible from the echoed seed. Only completion 0
+    scores the prompt (prompt_logprobs): the others would repeat it, and could not use the prefix
+    cache while doing so.
     """
     given: dict = {
         name: getattr(sampling, name)
@@ -182,6 +182,8 @@ def sampling_params(sampling: pb.SamplingParams, output: pb.OutputOptions | None
         given["logit_bias"] = tuple(sorted((int(k), float(b)) for k, b in sampling.logit_bias.items()))
     if output is not None and output.HasField("logprobs"):
         given["logprobs"] = output.logprobs
+    if output is not None and output.HasField("prompt_logprobs") and index == 0:
+        given["prompt_logprobs"] = output.prompt_logprobs
     return SamplingParams(**given)
 
 

@@ -1,53 +1,9 @@
-"""Helpers for the API tests: a Server with limits/TLS/auth on its own loop thread, status details,
-and self-signed certificates made with `cryptography`."""
+"""Helpers for the API tests: self-signed certificates made with `cryptography` (servers, stubs
+and status details are in tests/server_support.py)."""
 from __future__ import annotations
 
-import contextlib
 import datetime
-from collections.abc import Iterator
 from typing import Any
-
-import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
-from cyserve.service.server import Server
-from tests.service.support import LoopThread
-
-
-@contextlib.contextmanager
-def api_server(engine: Any, **kwargs: Any) -> Iterator[Server]:
-    """A started Server on 127.0.0.1 (free port); kwargs go to Server (limits, credentials, ...)."""
-    loop_thread = LoopThread()
-
-    async def start() -> Server:
-        server = Server(engine, "127.0.0.1", 0, **kwargs)
-        await server.start()
-        return server
-
-    server = loop_thread.run(start())
-    try:
-        yield server
-    finally:
-        loop_thread.run(server.stop(1.0))
-        loop_thread.close()
-
-
-def details_of(exc: grpc.RpcError, kind: Any) -> list[Any]:
-    """Every status detail of message type `kind` in the call's error."""
-    status = rpc_status.from_call(exc)
-    assert status is not None, f"no rich status in {exc!r}"
-    found = []
-    for detail in status.details:
-        if detail.Is(kind.DESCRIPTOR):
-            message = kind()
-            detail.Unpack(message)
-            found.append(message)
-    return found
-
-
-def violation_fields(exc: grpc.RpcError) -> list[str]:
-    return [v.field for b in details_of(exc, error_details_pb2.BadRequest) for v in b.field_violations]
 
 
 def make_pki(tmp_path: Any) -> dict[str, bytes]:

@@ -7,11 +7,10 @@ import pytest
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from server_support import details_of, violation_fields, wait_until
 
 from cyserve.v1 import generation_pb2 as pb
-from tests.service.support import wait_until
 
-from .support import details_of, violation_fields
 
 VOCAB = 49152  # SmolLM2's vocabulary
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -48,7 +47,7 @@ BAD = [
     (_req(stopping=T(stop_token_ids=[VOCAB])), "stopping.stop_token_ids[0]"),
     (_req(stopping=T(max_time_s=-1)), "stopping.max_time_s"),
     (_req(output=pb.OutputOptions(logprobs=1000)), "output.logprobs"),
-    (_req(output=pb.OutputOptions(prompt_logprobs=1)), "output.prompt_logprobs"),
+    (_req(output=pb.OutputOptions(prompt_logprobs=1000)), "output.prompt_logprobs"),
     (_req(request_id="x" * 200), "request_id"),
 ]
 

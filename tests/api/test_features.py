@@ -115,5 +115,5 @@ def test_detokenize_render_chat_and_capabilities(api_stub, engine):
     assert list(chat.token_ids) == list(api_stub.Tokenize(pb.TokenizeRequest(text=chat.prompt), timeout=30).token_ids)
     caps = api_stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=30)
     assert caps.max_model_len == engine.model_info.max_model_len and caps.max_prompt_tokens == 200
-    assert caps.chat and not caps.prompt_logprobs and not caps.tls and not caps.auth_required
+    assert caps.chat and caps.prompt_logprobs and not caps.tls and not caps.auth_required
     assert caps.max_message_bytes == 64 << 10

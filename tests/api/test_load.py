@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from server_support import details_of, serving, wait_until
+from service.support import FakeEngine, FakeStats
 
 from cyserve.service.limits import ServiceLimits
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
-from tests.service.support import FakeEngine, FakeStats, wait_until
 
-from .support import api_server, details_of
 
 
 @dataclass
@@ -25,7 +25,7 @@ class BusyEngine(FakeEngine):
 
 
 def test_full_queue_is_resource_exhausted_with_retry_info():
-    with api_server(BusyEngine(), limits=ServiceLimits(max_queued_requests=5, retry_after_s=2.5)) as server:
+    with serving(BusyEngine(), limits=ServiceLimits(max_queued_requests=5, retry_after_s=2.5)) as server:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.GenerationStub(channel)
             with pytest.raises(grpc.RpcError) as err:
@@ -38,7 +38,7 @@ def test_full_queue_is_resource_exhausted_with_retry_info():
 
 
 def test_concurrent_stream_limit():
-    with api_server(FakeEngine(), limits=ServiceLimits(max_concurrent_streams=1)) as server:
+    with serving(FakeEngine(), limits=ServiceLimits(max_concurrent_streams=1)) as server:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.GenerationStub(channel)
             slow = stub.GenerateStream(pb.GenerateRequest(prompt="SLOW", stopping=pb.StoppingCriteria(

@@ -4,14 +4,15 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_support import serving
+from service.support import FakeEngine
 
 from cyserve.service.auth import load_token
 from cyserve.service.tls import server_credentials
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
-from tests.service.support import FakeEngine
 
-from .support import api_server, make_pki
+from .support import make_pki
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -24,7 +25,7 @@ def _generate(channel: grpc.Channel, metadata=None) -> pb.GenerateResponse:
 def test_tls_serves_and_refuses_plaintext(tmp_path):
     pki = make_pki(tmp_path)
     creds = server_credentials(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))
-    with api_server(FakeEngine(), credentials=creds) as server:
+    with serving(FakeEngine(), credentials=creds) as server:
         target = f"localhost:{server.port}"
         with grpc.secure_channel(target, grpc.ssl_channel_credentials(pki["ca.pem"])) as channel:
             assert _generate(channel).finish_reason == pb.FINISH_REASON_EOS
@@ -39,7 +40,7 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path):
     pki = make_pki(tmp_path)
     creds = server_credentials(str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
                                str(tmp_path / "ca.pem"))
-    with api_server(FakeEngine(), credentials=creds) as server:
+    with serving(FakeEngine(), credentials=creds) as server:
         target = f"localhost:{server.port}"
         with_cert = grpc.ssl_channel_credentials(pki["ca.pem"], pki["client.key"], pki["client.pem"])
         with grpc.secure_channel(target, with_cert) as channel:
@@ -51,7 +52,7 @@ def test_mutual_tls_requires_a_client_certificate(tmp_path):
 
 
 def test_bearer_token_auth_with_health_exempt(tmp_path, capfd):
-    with api_server(FakeEngine(), auth_token=TOKEN) as server:
+    with serving(FakeEngine(), auth_token=TOKEN) as server:
         with grpc.insecure_channel(server.address) as channel:
             stub = pb_grpc.GenerationStub(channel)
             for metadata in (None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):

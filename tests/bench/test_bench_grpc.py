@@ -3,30 +3,17 @@ users run them: the numbers must be complete and consistent (no timing threshold
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_support import clean_env, cyserve_command
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 600.0
-
-
-def cyserve_command() -> list[str]:
-    script = shutil.which("cyserve")
-    return [script] if script else [sys.executable, "-m", "cyserve.service.cli"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CYSERVE_")}
-    env["CYSERVE_METRICS_PORT"] = "0"  # no fixed metrics port: other servers may be running
-    return env
 
 
 class Serve:
@@ -36,7 +23,7 @@ class Serve:
         self.proc = subprocess.Popen(
             [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
              "--threads", "1"],  # one thread: no OpenMP barriers to stall on a busy machine
-            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO, env=clean_env(CYSERVE_METRICS_PORT="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
         self.lines: list[str] = []
@@ -76,7 +63,7 @@ def server() -> Iterator[Serve]:
 def bench(server: Serve, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*cyserve_command(), "bench", "--address", server.address, *args],
-        cwd=REPO, env=clean_env(), capture_output=True, text=True, encoding="utf-8",
+        cwd=REPO, env=clean_env(CYSERVE_METRICS_PORT="0"), capture_output=True, text=True, encoding="utf-8",
         timeout=RUN_TIMEOUT, check=False,
     )
 

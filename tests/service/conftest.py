@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
+from server_support import client_fixtures, serving
 
-from cyserve.v1 import generation_pb2_grpc as pb_grpc
-
-from .support import FakeEngine, running_server
+from .support import FakeEngine
 
 
 @pytest.fixture(scope="module")
@@ -21,33 +19,15 @@ def fake_engine() -> FakeEngine:
 
 @pytest.fixture(scope="module")
 def fake_server(fake_engine: FakeEngine) -> Iterator[Any]:
-    with running_server(fake_engine) as (server, _):
+    with serving(fake_engine) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def fake_channel(fake_server: Any) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(fake_server.address) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="module")
-def fake_stub(fake_channel: grpc.Channel) -> pb_grpc.GenerationStub:
-    return pb_grpc.GenerationStub(fake_channel)
 
 
 @pytest.fixture(scope="session")
 def live_server(engine: Any) -> Iterator[Any]:
-    with running_server(engine) as (server, _):
+    with serving(engine) as server:
         yield server
 
 
-@pytest.fixture(scope="session")
-def live_channel(live_server: Any) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(live_server.address) as channel:
-        yield channel
-
-
-@pytest.fixture(scope="session")
-def stub(live_channel: grpc.Channel) -> pb_grpc.GenerationStub:
-    return pb_grpc.GenerationStub(live_channel)
+fake_channel, fake_stub = client_fixtures("fake_server", "fake_channel", "fake_stub")
+live_channel, stub = client_fixtures("live_server", "live_channel", "stub", scope="session")

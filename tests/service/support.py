@@ -1,22 +1,16 @@
-"""Test support for the service layer: a server running on its own event-loop thread (so tests use
-plain synchronous gRPC stubs), a scriptable fake engine, and status-detail helpers."""
+"""Test support for the service layer: a scriptable fake engine with the engine API of
+docs/interfaces.md, and a chat template for it. Servers, stubs and status helpers are in
+tests/server_support.py (wait_until is re-exported here for the telemetry tests)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from server_support import wait_until  # noqa: F401  (imported from here by tests/telemetry)
 
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
 from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput
-from cyserve.service.server import Server
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -24,63 +18,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-class LoopThread:
-    """An asyncio event loop running forever on a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 60.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@contextlib.contextmanager
-def running_server(engine: Any) -> Iterator[tuple[Server, LoopThread]]:
-    """A started Server on 127.0.0.1 (free port) around `engine`, on its own loop thread."""
-    loop_thread = LoopThread()
-
-    async def start() -> Server:
-        server = Server(engine, "127.0.0.1", 0)
-        await server.start()
-        return server
-
-    server = loop_thread.run(start())
-    try:
-        yield server, loop_thread
-    finally:
-        loop_thread.run(server.stop(1.0))
-        loop_thread.close()
-
-
-def field_violations(exc: grpc.RpcError) -> list[tuple[str, str]]:
-    """(field, description) of every BadRequest field violation in the call's status details."""
-    status = rpc_status.from_call(exc)
-    assert status is not None, f"no rich status in {exc!r}"
-    violations = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations += [(v.field, v.description) for v in bad_request.field_violations]
-    return violations
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # ---- a fake engine with the engine API of docs/interfaces.md ----

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,8 @@ from pathlib import Path
 import gguf
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_support import clean_env, cyserve_command
 
 from cyserve.service.config import default_model_path
 from cyserve.v1 import generation_pb2 as pb
@@ -27,18 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 180.0
 SECRET_PROMPT = "Zebra-quokka secret prompt 4817"
-
-
-def cyserve_command() -> list[str]:
-    """The installed console script; `python -m` when running from an uninstalled checkout."""
-    script = shutil.which("cyserve")
-    return [script] if script else [sys.executable, "-m", "cyserve.service.cli"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CYSERVE_")}
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
 
 
 def run_cli(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
@@ -196,17 +183,19 @@ def test_tokenize_prints_the_model_tokenizer_ids():
 
 @pytest.mark.parametrize("command", ["serve", "tokenize"])
 def test_unloadable_model_is_one_line_and_exit_2(tmp_path, command):
+    """One error line; `serve` logs (JSON) that it listens and loads before that line."""
     missing = tmp_path / "missing.gguf"
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"not a gguf file at all" * 100)
     for path in (missing, garbage):
-        args = ["serve", "--port", "0"] if command == "serve" else ["tokenize", "hi"]
+        args = ["serve", "--port", "0", "--metrics-port", "0"] if command == "serve" else ["tokenize", "hi"]
         result = run_cli(*args, "--model", str(path), timeout=60)
         assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith("cyserve: error: "), result.stderr
-        assert str(path) in result.stderr
+        *logged, error = result.stderr.strip().splitlines()
+        assert error.startswith("cyserve: error: ") and str(path) in error, result.stderr
         assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        events = [json.loads(line)["event"] for line in logged]
+        assert events == (["server.loading"] if command == "serve" else []), result.stderr
 
 
 def test_bad_flag_value_from_environment_exits_2():
@@ -219,20 +208,34 @@ def test_bad_flag_value_from_environment_exits_2():
     assert "CYSERVE_PORT" in result.stderr
 
 
-def test_sigterm_drains_and_exits_0():
-    server = ServeProcess()
-    with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GenerationStub(channel)
-        request = pb.GenerateRequest(
-            prompt="Count to a thousand:",
-            sampling=pb.SamplingParams(temperature=0),
-            stopping=pb.StoppingCriteria(max_tokens=4000, ignore_eos=True),
-        )
-        stream = stub.GenerateStream(request, timeout=RUN_TIMEOUT)
-        next(stream)
-        server.proc.send_signal(signal.SIGTERM)
-        with pytest.raises(grpc.RpcError):  # cancelled once the 2 s grace period ends
-            list(stream)
-    assert server.terminate() == 0, server.stderr
+def test_sigterm_drains_in_flight_streams_and_exits_0():
+    """SIGTERM: health NOT_SERVING at once, new generations UNAVAILABLE, the stream in flight
+    runs to its end within the grace period, exit 0."""
+    server = ServeProcess("--grace", str(RUN_TIMEOUT))  # the last --grace wins
+    num_tokens = 40
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GenerationStub(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="cyserve.v1.Generation"), timeout=RUN_TIMEOUT)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            stream = stub.GenerateStream(pb.GenerateRequest(
+                prompt="Count to a thousand:",
+                sampling=pb.SamplingParams(temperature=0),
+                stopping=pb.StoppingCriteria(max_tokens=num_tokens, ignore_eos=True),
+            ), timeout=RUN_TIMEOUT)
+            first = next(stream)
+            server.proc.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Generate(pb.GenerateRequest(prompt="hi"), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            rest = list(stream)
+        assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
+        assert sum(len(m.token_ids) for m in [first, *rest]) == num_tokens
+        assert server.proc.wait(RUN_TIMEOUT) == 0, server.stderr
+    finally:
+        server.terminate()
     events = [e.get("event") for e in server.events()]
     assert events.index("server.stopping") < events.index("server.stopped")

@@ -10,10 +10,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from server_support import field_violations, wait_until
 
 from cyserve.v1 import generation_pb2 as pb
 
-from .support import field_violations, wait_until
 
 TIMEOUT = 120.0
 PROMPT = "The three primary colors are"

@@ -11,11 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from server_support import field_violations, running_server, wait_until
 
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 
-from .support import FakeEngine, field_violations, running_server, wait_until
+from .support import FakeEngine
 
 TIMEOUT = 10.0
 

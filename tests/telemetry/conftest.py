@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from server_support import client_fixtures, serving
 
-from cyserve.v1 import generation_pb2_grpc as pb_grpc
-
-from .support import TimedFakeEngine, telemetry_server
+from .support import TimedFakeEngine
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +34,11 @@ def timed_engine() -> TimedFakeEngine:
 
 @pytest.fixture(scope="module")
 def traced_server(timed_engine: TimedFakeEngine, tracer_provider: TracerProvider) -> Iterator[Any]:
-    with telemetry_server(timed_engine, tracer_provider=tracer_provider, metrics_port=0) as server:
+    with serving(timed_engine, tracer_provider=tracer_provider, metrics_port=0) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def traced_stub(traced_server: Any) -> Iterator[pb_grpc.GenerationStub]:
-    with grpc.insecure_channel(traced_server.address) as channel:
-        yield pb_grpc.GenerationStub(channel)
+traced_channel, traced_stub = client_fixtures("traced_server", "traced_channel", "traced_stub")
 
 
 @pytest.fixture()

@@ -1,5 +1,6 @@
 """Test support for telemetry: a fake engine that reports RequestTimings and engine counters, a
-server with tracing and metrics on 127.0.0.1, a Prometheus scrape, and a caller's traceparent."""
+Prometheus scrape, and a caller's traceparent. `telemetry_server` is server_support.serving (a
+server with the given tracing and metrics keyword arguments on 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,15 +8,14 @@ import contextlib
 import random
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from service.support import FakeEngine, LoopThread
+from server_support import serving as telemetry_server  # noqa: F401  (the telemetry tests' name)
+from service.support import FakeEngine
 
 from cyserve.fastpath.request import EngineRequest, RequestOutput, RequestTimings
-from cyserve.service.server import Server
 
 # The phases TimedFakeEngine reports (synthetic timestamps: exact values to assert on).
 QUEUE_S = 0.004
@@ -61,24 +61,6 @@ class TimedFakeEngine(FakeEngine):
                     timings.finished = time.monotonic()
                     output.timings = timings
                 yield output
-
-
-@contextlib.contextmanager
-def telemetry_server(engine: Any, **telemetry: Any) -> Iterator[Server]:
-    """A started Server on 127.0.0.1 (free ports) with the given telemetry keyword arguments."""
-    loop_thread = LoopThread()
-
-    async def start() -> Server:
-        server = Server(engine, "127.0.0.1", 0, **telemetry)
-        await server.start()
-        return server
-
-    server = loop_thread.run(start())
-    try:
-        yield server
-    finally:
-        loop_thread.run(server.stop(1.0))
-        loop_thread.close()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
