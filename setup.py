@@ -5,14 +5,23 @@ Every ``.pyx`` under ``cyserve/`` becomes one extension module. The C kernels in
 every extension under ``cyserve/kernels/cpu`` links, so each kernel module carries its SIMD code
 and scalar twin without compiling them six times.
 
+The CUDA kernels (``cyserve/kernels/cuda/csrc``) become the torch extension
+``cyserve.kernels.cuda._C`` only where they can: torch built with CUDA is importable and nvcc is
+found. Anywhere else nothing about the build changes. pip's build isolation hides the installed
+torch, so a GPU build is ``pip install --no-build-isolation -e '.[cuda]'`` (docs/cuda.md).
+
 Environment switches:
   CYSERVE_DEBUG=1     bounds checks and asserts back on, -O0 -g
   CYSERVE_ONLY=path   build only the .pyx files under that path (fast iteration)
+  CYSERVE_CUDA=1|0    force the CUDA extension on (fail if it cannot build) or off; unset = detect
+  CYSERVE_CUDA_ARCHS  SM versions to compile for, ';'-separated (default "80;90": A100, H100;
+                      PTX of the last one is embedded too, so newer GPUs JIT it)
 """
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import Extension, setup
@@ -22,6 +31,8 @@ from setuptools.command.build_py import build_py
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.join(ROOT, "protos")
 KERNEL_CSRC = os.path.join("cyserve", "kernels", "cpu", "csrc")
+CUDA_CSRC = os.path.join("cyserve", "kernels", "cuda", "csrc")
+CUDA_EXTENSION = "cyserve.kernels.cuda._C"
 DEBUG = os.environ.get("CYSERVE_DEBUG") == "1"
 
 
@@ -71,16 +82,63 @@ def kernel_library() -> tuple[str, dict]:
                          "obj_deps": {"": headers}})
 
 
-class BuildExtWithKernels(build_ext):
-    """Build the static kernel library first: `build_ext --inplace` and editable installs skip build_clib."""
+def cuda_wanted() -> bool:
+    """CYSERVE_CUDA=1/0 decides; unset: build when torch has CUDA and a CUDA toolkit is found."""
+    flag = os.environ.get("CYSERVE_CUDA", "").strip()
+    if flag in ("0", "1"):
+        return flag == "1"
+    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
 
-    def run(self) -> None:
-        self.run_command("build_clib")
-        super().run()
+
+def cuda_extension() -> Extension:
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDAExtension
+    except ImportError:
+        sys.exit("CYSERVE_CUDA=1 but torch is not importable here: install torch with CUDA first, then "
+                 "pip install --no-build-isolation -e '.[cuda]' (build isolation hides torch)")
+    if torch.version.cuda is None:
+        sys.exit(f"CYSERVE_CUDA=1 but torch {torch.__version__} is a CPU-only build, which cannot build CUDA "
+                 "extensions: install a CUDA build of torch, or unset CYSERVE_CUDA")
+    archs = [a.strip() for a in os.environ.get("CYSERVE_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+    sources = sorted(glob.glob(os.path.join(CUDA_CSRC, "*.cu"))) + [os.path.join(CUDA_CSRC, "binding.cpp")]
+    return CUDAExtension(
+        CUDA_EXTENSION, sources, include_dirs=[os.path.join(ROOT, CUDA_CSRC)],
+        depends=sorted(glob.glob(os.path.join(CUDA_CSRC, "*.h")) + glob.glob(os.path.join(CUDA_CSRC, "*.cuh"))),
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-std=c++20", *gencode]},
+    )
 
 
-def extensions() -> list[Extension]:
+def build_ext_class(cuda: bool) -> type:
+    """torch's BuildExtension (it knows nvcc) when the CUDA extension is built, setuptools' otherwise."""
+    base = build_ext
+    if cuda:
+        from torch.utils.cpp_extension import BuildExtension
+
+        base = BuildExtension
+
+    class BuildExtWithKernels(base):
+        """Build the static kernel library first: `build_ext --inplace` and editable installs skip build_clib."""
+
+        def run(self) -> None:
+            self.run_command("build_clib")
+            super().run()
+
+    return BuildExtWithKernels
+
+
+def extensions(cuda: bool) -> list[Extension]:
     only = os.environ.get("CYSERVE_ONLY", "cyserve")
+    # BuildExtension gives every source -std=c++20 unless it names a standard; these are C
+    c_std = ["-std=gnu17"] if cuda else []
     headers = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.h")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join("cyserve", "**", "*.pyx"), recursive=True)):
@@ -94,14 +152,14 @@ def extensions() -> list[Extension]:
                 [pyx],
                 include_dirs=[KERNEL_CSRC],
                 depends=headers if is_kernel else [],
-                extra_compile_args=COMPILE_ARGS,
+                extra_compile_args=COMPILE_ARGS + c_std,
                 extra_link_args=LINK_ARGS,
             )
         )
     return exts
 
 
-def cythonized() -> list[Extension]:
+def cythonized(cuda: bool) -> list[Extension]:
     from Cython.Build import cythonize
 
     directives = {
@@ -112,8 +170,14 @@ def cythonized() -> list[Extension]:
         "cdivision": not DEBUG,
         "embedsignature": True,
     }
-    return cythonize(extensions(), compiler_directives=directives, nthreads=0)
+    return cythonize(extensions(cuda), compiler_directives=directives, nthreads=0)
 
 
 generate_protos()
-setup(ext_modules=cythonized(), libraries=[kernel_library()], cmdclass={"build_py": BuildPyWithProtos, "build_ext": BuildExtWithKernels})
+CUDA = cuda_wanted()
+ONLY = os.environ.get("CYSERVE_ONLY", "cyserve")
+EXT_MODULES = cythonized(CUDA)
+if CUDA and CUDA_EXTENSION.replace(".", os.sep).startswith(ONLY):
+    EXT_MODULES.append(cuda_extension())
+setup(ext_modules=EXT_MODULES, libraries=[kernel_library()],
+      cmdclass={"build_py": BuildPyWithProtos, "build_ext": build_ext_class(CUDA)})

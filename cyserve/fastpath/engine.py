@@ -28,6 +28,7 @@ from cyserve.fastpath.scheduler import Scheduler
 from cyserve.fastpath.sequence import Sequence
 from cyserve.fastpath.tokenizer import Tokenizer
 from cyserve.kernels.cpu import threads
+from cyserve.kernels.cuda import DEVICES, CudaUnavailableError, select_device  # noqa: F401 (DEVICES: for the service)
 
 log = structlog.get_logger("cyserve.engine")
 
@@ -45,6 +46,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens per step: decodes first, then chunks of prefills
     max_model_len: int = 0  # 0 = the model's context length, capped by the KV cache
     enable_prefix_caching: bool = True
+    device: str = "auto"  # one of DEVICES; auto = cuda when torch sees a GPU and the extension is built
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,16 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         threads.set_num_threads(config.num_threads or threads.default_num_threads())
+        try:
+            self.device = select_device(config.device)
+        except (CudaUnavailableError, ValueError) as exc:
+            raise ModelLoadError(model.path, str(exc)) from exc
         num_blocks = self._size_kv_cache()
         self.block_size = config.block_size
         self.allocator = BlockAllocator(num_blocks, config.block_size, config.enable_prefix_caching)
         self.kv = KVCacheManager(self.allocator)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.runner = self._make_runner(num_blocks)
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
                                                    tokenizer.token_to_id("<|eot_id|>")) if t is not None)
         self.model_info = self._model_info()
@@ -175,6 +181,15 @@ class Engine:
                  prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
                  max_num_batched_tokens=cfg.max_num_batched_tokens)
         return num_blocks
+
+    def _make_runner(self, num_blocks: int):
+        """The CPU kernels' runner, or the torch runner on the GPU: same interface, same block ids."""
+        log.info("device", device=self.device)
+        if self.device == "cpu":
+            return ModelRunner(self.model, num_blocks, self.config.block_size)
+        from cyserve.fastpath.torch_runner import TorchModelRunner  # imports torch: GPU deployments only
+
+        return TorchModelRunner(self.model, num_blocks, self.config.block_size, device=self.device)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":

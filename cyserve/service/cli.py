@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
             prefix_caching=args.prefix_caching,
+            device=args.device,
             grace_s=args.grace,
             metrics_port=args.metrics_port,
             trace_content=args.trace_content,
@@ -276,6 +277,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
         help="compute every prompt in full instead of sharing the K/V of common prefixes "
         f"{_env_help('prefix_caching', 'on')}",
+    )
+    serve.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"),
+        help="where the model runs: cuda needs a GPU, torch with CUDA and the built extension (docs/cuda.md); "
+        f"auto takes cuda when all are there {_env_help('device', 'auto')}",
     )
     serve.add_argument(
         "--grace", type=float, metavar="SECONDS",

@@ -85,6 +85,7 @@ class ServerConfig:
     max_num_batched_tokens: int | None = None  # tokens per engine step (decodes, then prefill chunks)
     max_model_len: int | None = None  # longest prompt + output served; None = model and KV cache decide
     prefix_caching: bool | None = None  # automatic prefix caching; None = the engine's default (on)
+    device: str | None = None  # auto | cpu | cuda; None = the engine's default (auto)
     grace_s: float = 10.0  # how long in-flight calls may finish after SIGTERM/SIGINT
     metrics_port: int = DEFAULT_METRICS_PORT  # Prometheus /metrics on host:metrics_port; 0 = off
     trace_content: bool = False  # put prompt and output text in trace spans (opt-in: it is data)
@@ -121,6 +122,7 @@ class ServerConfig:
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "max_model_len": self.max_model_len,
             "enable_prefix_caching": self.prefix_caching,
+            "device": self.device,
         }
         return EngineConfig(
             model_path=self.resolved_model_path(),
@@ -156,6 +158,11 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.device is not None:
+            from cyserve.fastpath.engine import DEVICES
+
+            if self.device not in DEVICES:
+                raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if not 0 <= self.metrics_port <= 65535:
@@ -175,6 +182,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "max_num_batched_tokens": ("CYSERVE_MAX_NUM_BATCHED_TOKENS", int),
     "max_model_len": ("CYSERVE_MAX_MODEL_LEN", int),
     "prefix_caching": ("CYSERVE_PREFIX_CACHING", parse_bool),
+    "device": ("CYSERVE_DEVICE", str),
     "grace_s": ("CYSERVE_GRACE_S", float),
     "metrics_port": ("CYSERVE_METRICS_PORT", int),
     "trace_content": ("CYSERVE_TRACE_CONTENT", parse_bool),

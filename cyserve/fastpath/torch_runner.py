@@ -1,0 +1,156 @@
+"""Runs the llama forward pass on torch tensors: the GPU path, with the CPU path's scheduler and blocks.
+
+Same interface as `ModelRunner` (`forward(BatchInputs) -> f32[R, vocab]`, `kv_bytes_per_block`), so
+the engine, scheduler, block allocator, block tables and slot mapping are shared unchanged. What
+differs is where things live:
+
+* weights are dequantized once at load (by our CPU `dequantize` kernel) to fp16 on the device; Q, K
+  and V are fused into one matrix, as are gate and up, so a layer is four cuBLAS matmuls;
+* K/V caches are fp16 torch tensors `[num_blocks, num_kv_heads, block_size, head_dim]` per layer;
+* the residual stream is fp32 (fused add + RMSNorm writes the fp16 input of the next matmul);
+* `ops` is the CUDA extension on a GPU, or `cyserve.kernels.cuda.torch_ops` (same signatures, pure
+  torch) on any other device, which is how CI proves this runner's logic without a GPU.
+
+torch is imported by this module only; the engine imports it only when the device is not the CPU.
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cyserve.fastpath.gguf_model import GGUFModel, Weight, WeightType
+from cyserve.fastpath.model_runner import BatchInputs, ModelRunner
+
+OP_NAMES = ("reshape_and_cache", "paged_attention", "fused_add_rms_norm", "rope", "silu_mul", "dequant_gemv")
+GEMV_WTYPES = (WeightType.Q4_0, WeightType.Q4_1, WeightType.Q8_0)
+GEMV_MAX_TOKENS = 8  # the fused dequantizing GEMV's limit; larger batches go to cuBLAS
+
+
+def torch_ops() -> SimpleNamespace:
+    """The pure-torch ops (any device)."""
+    from cyserve.kernels.cuda import torch_ops as mod
+
+    return _namespace(mod)
+
+
+def cuda_ops() -> SimpleNamespace:
+    """The compiled CUDA ops; raises CudaUnavailableError (with the fix) when they cannot run."""
+    from cyserve.kernels.cuda import require
+
+    return _namespace(require())
+
+
+def _namespace(mod: ModuleType) -> SimpleNamespace:
+    return SimpleNamespace(**{name: getattr(mod, name) for name in OP_NAMES})
+
+
+def _dequantized(weights: list[Weight]) -> np.ndarray:
+    """f32[sum(rows), cols]: the weights stacked, each decoded by the CPU kernel."""
+    from cyserve.kernels.cpu.quant_matmul import dequantize
+
+    return np.concatenate([dequantize(w.data, int(w.wtype), w.cols) for w in weights])
+
+
+class _Linear:
+    """One (possibly fused) weight on the device: fp16 for cuBLAS, raw GGUF rows for the GEMV."""
+
+    def __init__(self, weights: list[Weight], device: torch.device, dtype: torch.dtype, keep_raw: bool) -> None:
+        self.weight = torch.from_numpy(_dequantized(weights)).to(device=device, dtype=dtype)  # [N, K]
+        wtypes = {w.wtype for w in weights}
+        self.wtype = wtypes.pop() if len(wtypes) == 1 else None
+        self.raw = None  # uint8[N, row_bytes]
+        if keep_raw and self.wtype in GEMV_WTYPES:
+            self.raw = torch.from_numpy(np.concatenate([w.data for w in weights])).to(device)
+
+
+class TorchModelRunner:
+    def __init__(self, model: GGUFModel, num_blocks: int, block_size: int, device: str = "cuda",
+                 dtype: torch.dtype | None = None, ops: SimpleNamespace | None = None,
+                 use_gemv: bool = False) -> None:
+        """`dtype` (activations and weights): fp16 on a GPU, the CUDA kernels' dtype; float32 on
+        other devices, where torch's fp16 matmuls are slow. `use_gemv` also keeps the raw quantized
+        rows on the device and sends batches of <= 8 tokens through the dequantizing GEMV."""
+        cfg = model.config
+        self.model, self.cfg, self.block_size = model, cfg, block_size
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        self.dtype = dtype or (torch.float16 if on_gpu else torch.float32)
+        self.ops = ops or (cuda_ops() if on_gpu else torch_ops())
+        self.use_gemv = use_gemv
+        self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+        dev, dt = self.device, self.dtype
+        self.embedding = _Linear([model.token_embd], dev, dt, False).weight  # [vocab, hidden]
+        self.output = (self.embedding if model.output is model.token_embd
+                       else _Linear([model.output], dev, dt, False).weight)
+        vec = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).to(dev)  # noqa: E731
+        self.layers = [
+            SimpleNamespace(
+                attn_norm=vec(layer.attn_norm), ffn_norm=vec(layer.ffn_norm),
+                qkv=_Linear([layer.wq, layer.wk, layer.wv], dev, dt, use_gemv),
+                wo=_Linear([layer.wo], dev, dt, use_gemv),
+                gate_up=_Linear([layer.w_gate, layer.w_up], dev, dt, use_gemv),
+                down=_Linear([layer.w_down], dev, dt, use_gemv),
+            )
+            for layer in model.layers
+        ]
+        self.output_norm = vec(model.output_norm)
+        shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
+        self.k_caches = [torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(cfg.num_layers)]
+        self.v_caches = [torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(cfg.num_layers)]
+
+    @staticmethod
+    def kv_bytes_per_block(model: GGUFModel, block_size: int) -> int:
+        return ModelRunner.kv_bytes_per_block(model, block_size)  # same fp16 layout on both devices
+
+    def _linear(self, x: torch.Tensor, lin: _Linear) -> torch.Tensor:
+        if lin.raw is not None and x.shape[0] <= GEMV_MAX_TOKENS:
+            out = torch.empty((x.shape[0], lin.weight.shape[0]), dtype=x.dtype, device=x.device)
+            self.ops.dequant_gemv(out, x.contiguous(), lin.raw, int(lin.wtype))
+            return out
+        return F.linear(x, lin.weight)
+
+    def _to_device(self, inputs: BatchInputs) -> list[torch.Tensor]:
+        """The step's int32 arrays on the device in one host-to-device copy (one buffer, then views)."""
+        parts = [inputs.token_ids, inputs.positions, inputs.slot_mapping, inputs.block_tables.reshape(-1),
+                 inputs.query_start_loc, inputs.context_lens, inputs.logits_indices]
+        flat = np.concatenate([np.asarray(p, dtype=np.int32).reshape(-1) for p in parts])
+        buf = torch.from_numpy(flat)
+        if self.device.type == "cuda":
+            buf = buf.pin_memory().to(self.device, non_blocking=True)
+        views = list(torch.split(buf, [len(p.reshape(-1)) for p in parts]))
+        views[3] = views[3].view(inputs.block_tables.shape)
+        return views
+
+    @torch.inference_mode()
+    def forward(self, inputs: BatchInputs) -> np.ndarray:
+        """Logits f32[R, vocab] (on the host) for the rows in inputs.logits_indices."""
+        cfg, ops = self.cfg, self.ops
+        (token_ids, positions, slot_mapping, block_tables, query_start_loc, context_lens,
+         logits_indices) = self._to_device(inputs)
+        num_tokens = token_ids.shape[0]
+        q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+
+        h = self.embedding[token_ids].float()                                      # [T, hidden] fp32 residual
+        x = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
+        attn = torch.empty((num_tokens, q_width), dtype=self.dtype, device=self.device)
+        act = torch.empty((num_tokens, cfg.intermediate_size), dtype=self.dtype, device=self.device)
+        delta = None  # the previous sublayer's output, added to h by the next fused norm
+        for layer, k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            ops.fused_add_rms_norm(h, delta, layer.attn_norm, cfg.rms_norm_eps, x)
+            qkv = self._linear(x, layer.qkv)                                       # [T, q + 2 kv]
+            q, k = qkv[:, :q_width], qkv[:, q_width:q_width + kv_width]
+            v = qkv[:, q_width + kv_width:]
+            ops.rope(q, k, positions, cfg.head_dim, cfg.rope_theta, False)
+            ops.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
+            ops.paged_attention(attn, q, k_cache, v_cache, block_tables, query_start_loc, context_lens,
+                                self.scale)
+            ops.fused_add_rms_norm(h, self._linear(attn, layer.wo), layer.ffn_norm, cfg.rms_norm_eps, x)
+            ops.silu_mul(act, self._linear(x, layer.gate_up))                      # [T, ffn]
+            delta = self._linear(act, layer.down)
+        last = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
+        ops.fused_add_rms_norm(h, delta, self.output_norm, cfg.rms_norm_eps, last)
+        logits = F.linear(last[logits_indices], self.output)                       # [R, vocab]
+        return logits.float().cpu().numpy()

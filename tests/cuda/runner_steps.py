@@ -1,0 +1,43 @@
+"""Step sequences that drive a model runner the way the engine does, for comparing two runners."""
+from __future__ import annotations
+
+import numpy as np
+
+from cyserve.fastpath.model_runner import BatchInputs, build_inputs
+
+BLOCK_SIZE = 16
+NUM_BLOCKS = 24
+PROMPT_A = list(range(1000, 1041))  # 41 tokens: three blocks, the last one partly filled
+PROMPT_B = [int(t) for t in np.random.default_rng(7).integers(10, 49000, 29)]
+BLOCKS_A = [17, 3, 9, 21]  # scattered on purpose: a runner reading blocks in order would be caught
+BLOCKS_B = [5, 12]
+
+
+def scenario() -> list[BatchInputs]:
+    """A's prompt in two chunks (the second beside B's whole prompt), then joint decode steps."""
+    a, b = list(PROMPT_A), list(PROMPT_B)
+    steps = [build_inputs([(a, 0, 19, BLOCKS_A, False)], BLOCK_SIZE)]
+    steps.append(build_inputs([(a, 19, len(a) - 19, BLOCKS_A, True), (b, 0, len(b), BLOCKS_B, True)], BLOCK_SIZE))
+    for i in range(3):  # the fed tokens are fixed, so both runners see the same inputs
+        a.append(200 + i)
+        b.append(300 + i)
+        steps.append(build_inputs([(a, len(a) - 1, 1, BLOCKS_A, True), (b, len(b) - 1, 1, BLOCKS_B, True)],
+                                  BLOCK_SIZE))
+    return steps
+
+
+def all_rows(inputs: BatchInputs) -> BatchInputs:
+    """The same step, asking for logits at every row (prefill positions included)."""
+    inputs.logits_indices = np.arange(inputs.token_ids.shape[0], dtype=np.int64)
+    return inputs
+
+
+def assert_logits_close(ours: np.ndarray, ref: np.ndarray, atol: float) -> None:
+    """Max |diff| under atol, and the same argmax wherever the reference's top-2 margin exceeds it."""
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert np.isfinite(ours).all()
+    diff = float(np.abs(ours - ref).max())
+    assert diff < atol, f"max |logit diff| {diff:.4f} over {atol}"
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > atol
+    assert (ours.argmax(-1) == ref.argmax(-1))[decisive].all()

@@ -1,0 +1,66 @@
+"""The torch runner on the GPU (CUDA ops, fp16 activations) against the CPU path on the default model.
+
+Same scenario as test_torch_runner.py: chunked prefill beside a whole prompt, then joint decode
+steps over scattered blocks, with logits compared at every row. Skips without a CUDA device or the
+built extension.
+
+Tolerance: fp16 activations and weights against the CPU path's fp32 activations, plus fp16
+logits; chosen before any GPU run (the CPU path is itself held to 0.25 of transformers' fp32):
+tighten it once measured.
+"""
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[cuda]'")
+
+from cyserve.kernels.cuda import BUILD_HINT, load  # noqa: E402
+
+if not torch.cuda.is_available():
+    pytest.skip(f"no CUDA device visible to torch {torch.__version__}: the GPU model test runs only on a GPU",
+                allow_module_level=True)
+if load() is None:
+    pytest.skip(f"the CUDA extension is not built; {BUILD_HINT}", allow_module_level=True)
+
+from cyserve.fastpath.model_runner import ModelRunner  # noqa: E402
+from cyserve.fastpath.torch_runner import TorchModelRunner  # noqa: E402
+from runner_steps import BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, scenario  # noqa: E402
+
+LOGIT_ATOL_FP16 = 0.5
+
+
+@pytest.mark.parametrize("use_gemv", [False, True], ids=["cublas", "dequant_gemv"])
+def test_gpu_logits_match_cpu_path(gguf_model, use_gemv):
+    cpu = ModelRunner(gguf_model, NUM_BLOCKS, BLOCK_SIZE)
+    gpu = TorchModelRunner(gguf_model, NUM_BLOCKS, BLOCK_SIZE, device="cuda", use_gemv=use_gemv)
+    for step in scenario():
+        assert_logits_close(gpu.forward(all_rows(step)), cpu.forward(all_rows(step)), LOGIT_ATOL_FP16)
+
+
+def gguf_vocab(eng) -> int:
+    return eng.model.config.vocab_size
+
+
+def test_engine_generates_on_cuda(model_path):
+    import asyncio
+
+    from cyserve.fastpath.engine import Engine, EngineConfig
+    from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+
+    eng = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=64 << 20, device="cuda"))
+    assert eng.device == "cuda" and isinstance(eng.runner, TorchModelRunner)
+    eng.start()
+    try:
+        ids = eng.tokenizer.encode("The capital of France is")
+
+        req = EngineRequest("cuda-test", ids, sampling=SamplingParams(temperature=0.0),
+                            stopping=StoppingParams(max_tokens=8, ignore_eos=True))
+
+        async def run() -> list[int]:
+            tokens: list[int] = []
+            async for out in eng.generate(req):
+                tokens.extend(out.new_token_ids)
+            return tokens
+
+        tokens = asyncio.run(run())
+        assert len(tokens) == 8 and all(0 <= t < gguf_vocab(eng) for t in tokens)
+    finally:
+        eng.stop()
