@@ -3,6 +3,10 @@
 All tokens of all scheduled sequences form one `[T, hidden]` matrix, so each weight is read once
 per step, not once per sequence. The runner owns the KV storage: per layer, K and V arrays shaped
 `[num_blocks, num_kv_heads, block_size, head_dim]` in float16, addressed by the allocator's block ids.
+
+Two loops over the layers share that storage: the native one (`llama_forward.LlamaForward`, the
+whole pass in one call without the GIL; the serving path) and a Python one that calls the kernels
+one by one (kept for the numpy reference kernels, the oracle path, and to check the native loop).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 from types import SimpleNamespace
 
 from cyserve.fastpath.gguf_model import GGUFModel, Weight
+from cyserve.fastpath.llama_forward import LlamaForward
 
 KERNEL_NAMES = ("matmul", "get_rows", "rms_norm", "rope", "reshape_and_cache", "paged_attention", "silu_mul", "add")
 
@@ -93,8 +98,15 @@ def build_inputs(scheduled: list, block_size: int) -> BatchInputs:
 
 
 class ModelRunner:
+    """Owns the KV caches and runs forward passes over them.
+
+    kernels=None: the compiled CPU kernels, driven by the native loop. Any other kernel namespace
+    (e.g. reference_kernels()) is driven by the Python loop. max_num_tokens sizes the native
+    loop's workspace up front (the scheduler's token budget); a bigger batch grows it once.
+    """
+
     def __init__(self, model: GGUFModel, num_blocks: int, block_size: int,
-                 kernels: SimpleNamespace | None = None) -> None:
+                 kernels: SimpleNamespace | None = None, max_num_tokens: int = 256) -> None:
         cfg = model.config
         self.ops = kernels or cpu_kernels()
         self.model = model
@@ -104,24 +116,35 @@ class ModelRunner:
         self.k_caches = [np.zeros(shape, dtype=np.float16) for _ in range(cfg.num_layers)]
         self.v_caches = [np.zeros(shape, dtype=np.float16) for _ in range(cfg.num_layers)]
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+        self.native: LlamaForward | None = None
+        if kernels is None:
+            self.native = LlamaForward(model, self.k_caches, self.v_caches, block_size, max_num_tokens)
 
     @staticmethod
     def kv_bytes_per_block(model: GGUFModel, block_size: int) -> int:
         cfg = model.config
         return 2 * cfg.num_layers * cfg.num_kv_heads * block_size * cfg.head_dim * 2
 
+    def forward(self, inputs: BatchInputs) -> np.ndarray:
+        """Logits f32[R, vocab] for the rows in inputs.logits_indices (any R, rows may repeat)."""
+        if self.native is None:
+            return self.forward_python(inputs)
+        return self.native.forward(inputs.token_ids, inputs.positions, inputs.slot_mapping,
+                                   inputs.block_tables, inputs.query_start_loc,
+                                   inputs.context_lens, inputs.logits_indices)
+
     def _linear(self, x: np.ndarray, w: Weight) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), dtype=np.float32)
         self.ops.matmul(x, w.data, int(w.wtype), out)
         return out
 
-    def forward(self, inputs: BatchInputs) -> np.ndarray:
-        """Logits f32[R, vocab] for the rows in inputs.logits_indices."""
+    def forward_python(self, inputs: BatchInputs) -> np.ndarray:
+        """The same pass as `forward`, one kernel call at a time from Python, on self.ops."""
         cfg, ops = self.cfg, self.ops
         num_tokens = inputs.token_ids.shape[0]
         h = np.empty((num_tokens, cfg.hidden_size), dtype=np.float32)  # [T, hidden]
         emb = self.model.token_embd
-        self.ops.get_rows(emb.data, int(emb.wtype), emb.cols, inputs.token_ids, h)
+        ops.get_rows(emb.data, int(emb.wtype), emb.cols, inputs.token_ids, h)
         x = np.empty_like(h)
         attn = np.empty((num_tokens, cfg.num_heads * cfg.head_dim), dtype=np.float32)
         for layer, kc, vc in zip(self.model.layers, self.k_caches, self.v_caches):
@@ -134,7 +157,7 @@ class ModelRunner:
             kc16, vc16 = kc.view(np.uint16), vc.view(np.uint16)
             ops.reshape_and_cache(k, v, kc16, vc16, inputs.slot_mapping)
             ops.paged_attention(q, kc16, vc16, inputs.block_tables, inputs.query_start_loc,
-                                      inputs.context_lens, self.scale, attn)
+                                inputs.context_lens, self.scale, attn)
             ops.add(h, self._linear(attn, layer.wo))
             ops.rms_norm(h, layer.ffn_norm, cfg.rms_norm_eps, x)
             gate = self._linear(x, layer.w_gate)  # [T, ffn]

@@ -1,6 +1,8 @@
 """reshape_and_cache and paged_attention vs the numpy reference."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cyserve.kernels import reference as R
 from cyserve.kernels.cpu import attention
@@ -110,6 +112,67 @@ def test_attention_paths_agree():
     finally:
         threads.set_simd(True)
     np.testing.assert_allclose(fast, slow, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+# Grouped heads: every q head of a kv head is served by one work item over shared key chunks.
+GQA = [(4, 4), (9, 3), (8, 2), (16, 2)]  # G = 1, 3, 4, 8
+
+
+@pytest.mark.parametrize("Hq,Hkv", GQA)
+@pytest.mark.parametrize("BS", [16, 7])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grouped_heads_mixed_batch(simd, num_threads, Hq, Hkv, BS, threads):
+    """q_len 1..64 over contexts on both sides of block and 64-key chunk boundaries."""
+    num_threads(threads)
+    seqs = [(1, 1), (64, 64), (65, 2), (130, 64), (47, 17), (16, 16), (129, 33), (200, 1), (63, 5)]
+    _check(PagedBatch(rng(Hq * BS + threads), seqs, Hq, Hkv, 64, BS))
+
+
+@pytest.mark.parametrize("q_len", list(range(1, 65, 9)) + [64])
+def test_every_query_length_up_to_64(simd, q_len):
+    """Fresh prefills (q_len == context) and chunks after earlier context, one tile or several."""
+    seqs = [(q_len, q_len), (q_len + 50, q_len)]
+    _check(PagedBatch(rng(q_len), seqs, 9, 3, 64, BS=16))
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(9, 3), (16, 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_context_grouped(simd, num_threads, Hq, Hkv, threads):
+    """More than 2048 keys: decodes and a 64-row chunk at the end, odd block size."""
+    num_threads(threads)
+    _check(PagedBatch(rng(2300 + Hq), [(2300, 1), (2049, 64), (2111, 3)], Hq, Hkv, 64, BS=13))
+
+
+def test_large_scores_stay_finite(simd):
+    """Scores in the hundreds (exp would overflow f32 without the running max) stay finite.
+
+    An f32 dot product of scores ~500 carries an absolute error ~1e-4 that the softmax turns into
+    a relative error of the same size, so the tolerance here is wider than ATTN_*.
+    """
+    batch = PagedBatch(rng(11), [(300, 1), (150, 40)], 9, 3, 64, BS=16)
+    batch.q *= 100.0
+    out = _run(batch)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, R.paged_attention(*batch.args()), rtol=1e-3, atol=1e-3)
+
+
+def test_same_bits_for_any_thread_count_long(simd, num_threads):
+    batch = PagedBatch(rng(12), [(2100, 64), (900, 1), (33, 33)], 16, 2, 64, BS=16)
+    num_threads(1)
+    one = _run(batch)
+    num_threads(2)
+    np.testing.assert_array_equal(one, _run(batch))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), group=st.sampled_from([1, 3, 4, 8]), Hkv=st.integers(1, 3),
+       Dh=st.sampled_from([8, 24, 64, 6]), BS=st.sampled_from([1, 5, 16]))
+def test_random_batches(simd, data, group, Hkv, Dh, BS):
+    q_lens = data.draw(st.lists(st.integers(0, 40), min_size=1, max_size=5))
+    seqs = [(q + data.draw(st.integers(0 if q else 1, 150)), q) for q in q_lens]
+    batch = PagedBatch(rng(sum(q_lens) + Dh), seqs, group * Hkv, Hkv, Dh, BS)
+    if batch.T:
+        _check(batch)
 
 
 def test_paged_attention_rejects_malformed_batches():

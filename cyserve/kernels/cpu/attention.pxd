@@ -10,3 +10,9 @@ cdef int paged_attention_nogil(const float *q, int64_t T, int64_t Hq, const uint
                                const int32_t *block_tables, int64_t max_blocks,
                                const int32_t *query_start_loc, const int32_t *context_lens,
                                int64_t S, float scale, float *out) noexcept nogil
+
+# Raises ValueError unless every query range, context length and block id paged_attention_nogil
+# would follow for this batch is in bounds (NB blocks of BS tokens; T query rows in all).
+cdef int check_paged_batch(const int32_t[:, ::1] block_tables, const int32_t[::1] query_start_loc,
+                           const int32_t[::1] context_lens, int64_t T, int64_t NB,
+                           int64_t BS) except -1

@@ -88,8 +88,9 @@ def _reshape_and_cache(const float[:, ::1] k not None, const float[:, ::1] v not
                                 Hkv, BS, Dh, &slot_mapping[0])
 
 
-cdef int _check_batch(const int32_t[:, ::1] block_tables, const int32_t[::1] query_start_loc,
-                      const int32_t[::1] context_lens, int64_t T, int64_t NB, int64_t BS) except -1:
+cdef int check_paged_batch(const int32_t[:, ::1] block_tables, const int32_t[::1] query_start_loc,
+                           const int32_t[::1] context_lens, int64_t T, int64_t NB,
+                           int64_t BS) except -1:
     """Every query range, context length and block the kernel will follow is in bounds."""
     cdef int64_t S = context_lens.shape[0], s, b, q_len, ctx, nblocks
     if block_tables.shape[0] != S or query_start_loc.shape[0] != S + 1:
@@ -151,7 +152,7 @@ def _paged_attention(const float[:, ::1] q not None, const uint16_t[:, :, :, ::1
         raise ValueError(f"out must be float32[{T}, {q.shape[1]}] like q, got [{out.shape[0]}, {out.shape[1]}]")
     if not isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    _check_batch(block_tables, query_start_loc, context_lens, T, NB, BS)
+    check_paged_batch(block_tables, query_start_loc, context_lens, T, NB, BS)
     if T == 0:
         return
     check_disjoint(&q[0, 0], T * Hq * Dh * 4, &out[0, 0], T * Hq * Dh * 4, "out must not overlap q")

@@ -3,9 +3,8 @@
  *
  * Cache layout [num_blocks, Hkv, BS, Dh]: the keys of one (block, kv head) are contiguous, so
  * walking a sequence block by block reads BS * Dh * 2 contiguous bytes per block and needs no
- * division per key. Softmax is exact two-pass (scores, max, exp-sum, weighted V), per query row.
- * Work items are (query-row tile, q head) pairs, scheduled dynamically because a prefill tile of
- * a long sequence costs far more than one decode row.
+ * division per key. Work items are (sequence, kv head, query-row tile), scheduled dynamically
+ * because a prefill tile of a long sequence costs far more than one decode row.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -14,8 +13,6 @@
 #include "ggml_blocks.h"
 #include "simd_avx2.h"
 
-#define CYS_ATTN_ROWS_PER_TILE 16 /* query rows per work item: parallelism for long prefills */
-#define CYS_ATTN_PAR_MIN_MACS (1 << 16)
 #define CYS_CACHE_PAR_MIN_ELEMS (1 << 16)
 
 /* ---- reshape_and_cache ---- */
@@ -54,129 +51,324 @@ void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *
     }
 }
 
-/* ---- paged_attention ---- */
+/* ---- paged_attention ----
+ *
+ * A work item is (sequence, kv head, tile of query rows): its M = rows * G queries (G = Hq / Hkv,
+ * every q head that reads this kv head) walk the sequence's keys together in chunks of
+ * CYS_ATTN_KEYS_PER_CHUNK. Each chunk of fp16 keys is converted to f32 once into per-thread
+ * scratch and used by all M queries, then the same for the values, so the cache is read and
+ * converted once per group instead of once per q head. Softmax is online (flash-style): a running
+ * max and sum per query, with the partial output rescaled when the max grows, so scratch does not
+ * depend on the context length. Causality: query row i of a sequence with q_len rows and ctx keys
+ * sits at position ctx - q_len + i and sees keys 0..that position; rows only score the keys they see.
+ */
+
+#define CYS_ATTN_KEYS_PER_CHUNK 64   /* f32 chunk of 64 x Dh=64 keys: 16 KiB, stays in L1 */
+#define CYS_ATTN_QUERIES_PER_ITEM 48 /* rows * G per work item; at least one row */
+#define CYS_ATTN_PAR_MIN_MACS (1 << 16)
+#define CYS_ATTN_KC CYS_ATTN_KEYS_PER_CHUNK
 
 typedef struct {
     const uint16_t *k_cache, *v_cache;
-    int64_t Hkv, BS, Dh;
+    int64_t Hkv, BS, Dh, G;
     float scale;
 } attn_cache;
 
-/* One query row of one head: q (f32[Dh]) attends to keys 0..nkeys-1 of the sequence whose block
- * table is bt, through KV head kvh, and writes out (f32[Dh]). */
+/* Query rows [row0, row0 + nrows) of one sequence, all G q heads of kv head kvh. */
 typedef struct {
-    const int32_t *bt;
-    int64_t kvh, nkeys;
-    const float *q;
-    float *out;
-} attn_row;
+    const int32_t *bt;  /* the sequence's block table */
+    int64_t kvh;
+    int64_t pos0;       /* position of the first row: it sees keys 0..pos0 */
+    int64_t nrows;
+    const float *q;     /* q of (first row, q head kvh * G); rows are row_stride apart */
+    float *out;         /* same layout as q */
+    int64_t row_stride; /* Hq * Dh */
+} attn_tile;
 
-/* First fp16 element of (block b of the sequence, kv head) in a cache. */
-static inline const uint16_t *block_base(const uint16_t *cache, const attn_cache *c,
-                                         const attn_row *r, int64_t b) {
-    return cache + ((int64_t)r->bt[b] * c->Hkv + r->kvh) * c->BS * c->Dh;
+/* Per-thread scratch, sized for the largest tile (m_max queries). */
+typedef struct {
+    float *kv;    /* [KC, Dh]: the chunk's keys, then its values, as f32 */
+    float *s;     /* [m_max, KC]: scores, then probabilities */
+    float *acc;   /* [m_max, Dh]: unnormalised output */
+    float *mx;    /* [m_max]: running max of the scores */
+    float *sum;   /* [m_max]: running sum of exp(score - mx) */
+    float *alpha; /* [m_max]: this chunk's rescale of acc */
+} attn_scratch;
+
+/* Keys visible to row r of the tile inside chunk [j0, j0 + n). */
+static inline int64_t visible(const attn_tile *t, int64_t r, int64_t j0, int64_t n) {
+    const int64_t v = t->pos0 + r + 1 - j0;
+    return v < 0 ? 0 : v < n ? v : n;
 }
 
-/* scores: scratch of >= nkeys floats; acc: scratch of >= Dh floats. */
-static void attend_row_scalar(const attn_cache *c, const attn_row *r, float *scores, float *acc) {
-    const int64_t Dh = c->Dh, BS = c->BS, nkeys = r->nkeys;
-    float mx = -INFINITY;
-    for (int64_t j0 = 0; j0 < nkeys; j0 += BS) {
-        const uint16_t *kb = block_base(c->k_cache, c, r, j0 / BS);
-        for (int64_t j = j0; j < nkeys && j < j0 + BS; j++) {
-            const uint16_t *kr = kb + (j - j0) * Dh;
+static void f16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = cys_fp16_to_fp32(src[i]);
+}
+
+CYS_AVX2 static void f16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    f16_to_f32_scalar(src + i, dst + i, n - i);
+}
+
+/* dst[n, Dh] = f32 rows j0..j0+n of the sequence's cache for kv head kvh, one run per block. */
+static void load_chunk(const attn_cache *c, const attn_tile *t, const uint16_t *cache, int64_t j0,
+                       int64_t n, float *dst, int simd) {
+    const int64_t BS = c->BS, Dh = c->Dh;
+    for (int64_t j = j0; j < j0 + n;) {
+        const int64_t off = j % BS;
+        const int64_t run = BS - off < j0 + n - j ? BS - off : j0 + n - j;
+        const uint16_t *src = cache + (((int64_t)t->bt[j / BS] * c->Hkv + t->kvh) * BS + off) * Dh;
+        if (simd) f16_to_f32_avx2(src, dst + (j - j0) * Dh, run * Dh);
+        else f16_to_f32_scalar(src, dst + (j - j0) * Dh, run * Dh);
+        j += run;
+    }
+}
+
+/* ---- scalar twin ---- */
+
+static void scores_scalar(const attn_cache *c, const attn_tile *t, int64_t r, int64_t n,
+                          attn_scratch *w) {
+    const int64_t Dh = c->Dh, G = c->G;
+    for (int64_t g = 0; g < G; g++) {
+        const float *q = t->q + r * t->row_stride + g * Dh;
+        float *s = w->s + (r * G + g) * CYS_ATTN_KC;
+        for (int64_t j = 0; j < n; j++) {
+            const float *k = w->kv + j * Dh;
             float d = 0.0f;
-            for (int64_t e = 0; e < Dh; e++) d += r->q[e] * cys_fp16_to_fp32(kr[e]);
-            scores[j] = d * c->scale;
-            if (scores[j] > mx) mx = scores[j];
+            for (int64_t e = 0; e < Dh; e++) d += q[e] * k[e];
+            s[j] = d * c->scale;
         }
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < nkeys; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    for (int64_t e = 0; e < Dh; e++) acc[e] = 0.0f;
-    for (int64_t j0 = 0; j0 < nkeys; j0 += BS) {
-        const uint16_t *vb = block_base(c->v_cache, c, r, j0 / BS);
-        for (int64_t j = j0; j < nkeys && j < j0 + BS; j++) {
-            const uint16_t *vr = vb + (j - j0) * Dh;
-            for (int64_t e = 0; e < Dh; e++) acc[e] += scores[j] * cys_fp16_to_fp32(vr[e]);
-        }
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t e = 0; e < Dh; e++) r->out[e] = acc[e] * inv;
 }
 
-/* Dh % 8 == 0; scores: scratch of >= nkeys floats. */
-CYS_AVX2 static void attend_row_avx2(const attn_cache *c, const attn_row *r, float *scores) {
-    const int64_t Dh = c->Dh, BS = c->BS, nkeys = r->nkeys;
-    /* scores = scale * q.k, two FMA chains per key */
-    for (int64_t j0 = 0; j0 < nkeys; j0 += BS) {
-        const uint16_t *kb = block_base(c->k_cache, c, r, j0 / BS);
-        for (int64_t j = j0; j < nkeys && j < j0 + BS; j++) {
-            const uint16_t *kr = kb + (j - j0) * Dh;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int64_t e = 0;
-            for (; e + 16 <= Dh; e += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r->q + e),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + e))), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r->q + e + 8),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + e + 8))), a1);
-            }
-            if (e < Dh)
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r->q + e),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + e))), a0);
-            scores[j] = cys_hsum256(_mm256_add_ps(a0, a1)) * c->scale;
-        }
+static void pv_scalar(const attn_cache *c, int64_t m, int64_t n, attn_scratch *w) {
+    const int64_t Dh = c->Dh;
+    float *acc = w->acc + m * Dh;
+    const float *p = w->s + m * CYS_ATTN_KC, a = w->alpha[m];
+    for (int64_t e = 0; e < Dh; e++) acc[e] *= a;
+    for (int64_t j = 0; j < n; j++) {
+        const float *v = w->kv + j * Dh;
+        for (int64_t e = 0; e < Dh; e++) acc[e] += p[j] * v[e];
     }
-    /* max, then exp and sum in place */
-    __m256 vmx = _mm256_set1_ps(-INFINITY);
+}
+
+/* ---- AVX2 (Dh % 8 == 0) ---- */
+
+/* Four dot products a[0..3] (8 partial sums each) -> their 4 totals in one vector: three hadds
+ * and one add instead of four horizontal sums. */
+CYS_AVX2_INLINE __m128 hsum4_256(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+/* Scores of nq (1..3, a constant after inlining) consecutive q heads of one row against n keys,
+ * four keys per step: 4 * nq independent FMA chains, each key vector loaded once for all nq. */
+CYS_AVX2_INLINE void scores_nq_avx2(const int nq, const float *q, int64_t Dh, const float *kf,
+                                    int64_t n, float scale, float *s) {
+    const __m128 vscale = _mm_set1_ps(scale);
     int64_t j = 0;
-    for (; j + 8 <= nkeys; j += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(scores + j));
-    float mx = -INFINITY;
-    {
-        float lanes[8];
-        _mm256_storeu_ps(lanes, vmx);
-        for (int i = 0; i < 8; i++) mx = lanes[i] > mx ? lanes[i] : mx;
-    }
-    for (; j < nkeys; j++) mx = scores[j] > mx ? scores[j] : mx;
-    const __m256 vmax = _mm256_set1_ps(mx);
-    __m256 vsum = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= nkeys; j += 8) {
-        const __m256 p = cys_exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vmax));
-        _mm256_storeu_ps(scores + j, p);
-        vsum = _mm256_add_ps(vsum, p);
-    }
-    float sum = cys_hsum256(vsum);
-    for (; j < nkeys; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
-    }
-    /* out = sum_j p_j v_j / sum: 32 output dims (one cache line of fp16 V) in registers at a time */
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (int64_t d0 = 0; d0 < Dh;) {
-        const int nv = Dh - d0 >= 32 ? 4 : 1; /* 4 vectors, or one for an 8-wide remainder */
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                         _mm256_setzero_ps()};
-        for (int64_t j0 = 0; j0 < nkeys; j0 += BS) {
-            const uint16_t *vb = block_base(c->v_cache, c, r, j0 / BS) + d0;
-            for (int64_t jj = j0; jj < nkeys && jj < j0 + BS; jj++) {
-                const __m256 p = _mm256_broadcast_ss(scores + jj);
-                const uint16_t *vr = vb + (jj - j0) * Dh;
-                for (int v = 0; v < nv; v++)
-                    acc[v] = _mm256_fmadd_ps(
-                        p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * v))), acc[v]);
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = kf + j * Dh;
+        __m256 a[3][4];
+        for (int i = 0; i < nq; i++)
+            for (int u = 0; u < 4; u++) a[i][u] = _mm256_setzero_ps();
+        for (int64_t e = 0; e < Dh; e += 8) {
+            __m256 x[4];
+            for (int u = 0; u < 4; u++) x[u] = _mm256_loadu_ps(k0 + u * Dh + e);
+            for (int i = 0; i < nq; i++) {
+                const __m256 qv = _mm256_loadu_ps(q + i * Dh + e);
+                for (int u = 0; u < 4; u++) a[i][u] = _mm256_fmadd_ps(qv, x[u], a[i][u]);
             }
         }
-        for (int v = 0; v < nv; v++) _mm256_storeu_ps(r->out + d0 + 8 * v, _mm256_mul_ps(acc[v], inv));
+        for (int i = 0; i < nq; i++)
+            _mm_storeu_ps(s + i * CYS_ATTN_KC + j,
+                          _mm_mul_ps(hsum4_256(a[i][0], a[i][1], a[i][2], a[i][3]), vscale));
+    }
+    for (; j < n; j++) {
+        const float *k0 = kf + j * Dh;
+        __m256 a[3];
+        for (int i = 0; i < nq; i++) a[i] = _mm256_setzero_ps();
+        for (int64_t e = 0; e < Dh; e += 8) {
+            const __m256 x0 = _mm256_loadu_ps(k0 + e);
+            for (int i = 0; i < nq; i++) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * Dh + e), x0, a[i]);
+        }
+        for (int i = 0; i < nq; i++) s[i * CYS_ATTN_KC + j] = cys_hsum256(a[i]) * scale;
+    }
+}
+
+CYS_AVX2 static void scores_avx2(const attn_cache *c, const attn_tile *t, int64_t r, int64_t n,
+                                 attn_scratch *w) {
+    const int64_t Dh = c->Dh, G = c->G;
+    for (int64_t g = 0; g < G; g += 3) {
+        const float *q = t->q + r * t->row_stride + g * Dh;
+        float *s = w->s + (r * G + g) * CYS_ATTN_KC;
+        switch (G - g >= 3 ? 3 : G - g) {
+        case 3: scores_nq_avx2(3, q, Dh, w->kv, n, c->scale, s); break;
+        case 2: scores_nq_avx2(2, q, Dh, w->kv, n, c->scale, s); break;
+        default: scores_nq_avx2(1, q, Dh, w->kv, n, c->scale, s); break;
+        }
+    }
+}
+
+/* acc[m] = alpha[m] * acc[m] + sum_j p_mj v_j for nq (1..3) queries m0.. of one row, 16 output
+ * dims at a time: each value vector is loaded once for all nq queries. */
+CYS_AVX2_INLINE void pv_nq_avx2(const int nq, int64_t Dh, int64_t m0, int64_t n, attn_scratch *w) {
+    for (int64_t d0 = 0; d0 < Dh;) {
+        const int nv = Dh - d0 >= 16 ? 2 : 1;
+        __m256 a[3][2];
+        for (int i = 0; i < nq; i++) {
+            const __m256 alpha = _mm256_set1_ps(w->alpha[m0 + i]);
+            for (int v = 0; v < nv; v++)
+                a[i][v] = _mm256_mul_ps(_mm256_loadu_ps(w->acc + (m0 + i) * Dh + d0 + 8 * v), alpha);
+        }
+        const float *vr = w->kv + d0, *p = w->s + m0 * CYS_ATTN_KC;
+        for (int64_t j = 0; j < n; j++, vr += Dh) {
+            const __m256 v0 = _mm256_loadu_ps(vr), v1 = nv == 2 ? _mm256_loadu_ps(vr + 8) : v0;
+            for (int i = 0; i < nq; i++) {
+                const __m256 pj = _mm256_broadcast_ss(p + i * CYS_ATTN_KC + j);
+                a[i][0] = _mm256_fmadd_ps(pj, v0, a[i][0]);
+                if (nv == 2) a[i][1] = _mm256_fmadd_ps(pj, v1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < nq; i++)
+            for (int v = 0; v < nv; v++) _mm256_storeu_ps(w->acc + (m0 + i) * Dh + d0 + 8 * v, a[i][v]);
         d0 += 8 * nv;
     }
 }
 
+/* PV update of the G queries of tile row r over its n visible keys. */
+CYS_AVX2 static void pv_avx2(const attn_cache *c, int64_t r, int64_t n, attn_scratch *w) {
+    const int64_t Dh = c->Dh, G = c->G;
+    for (int64_t g = 0; g < G; g += 3) {
+        const int64_t m0 = r * G + g;
+        switch (G - g >= 3 ? 3 : G - g) {
+        case 3: pv_nq_avx2(3, Dh, m0, n, w); break;
+        case 2: pv_nq_avx2(2, Dh, m0, n, w); break;
+        default: pv_nq_avx2(1, Dh, m0, n, w); break;
+        }
+    }
+}
+
+CYS_AVX2 static float max_avx2(const float *x, int64_t n) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+    float lanes[8], mx = -INFINITY;
+    _mm256_storeu_ps(lanes, vm);
+    for (int i = 0; i < 8; i++) mx = lanes[i] > mx ? lanes[i] : mx;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+/* p[j] = exp(p[j] - mx) in place; returns their sum. */
+CYS_AVX2 static float exp_sum_avx2(float *p, int64_t n, float mx) {
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vs = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = cys_exp256(_mm256_sub_ps(_mm256_loadu_ps(p + j), vmx));
+        _mm256_storeu_ps(p + j, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    float sum = cys_hsum256(vs);
+    for (; j < n; j++) {
+        p[j] = expf(p[j] - mx);
+        sum += p[j];
+    }
+    return sum;
+}
+
+/* ---- shared driver ---- */
+
+/* Online-softmax step of query m over its n visible scores p[0..n): p becomes exp(p - new max),
+ * the running sum absorbs them, and alpha[m] says how much acc[m] shrinks. */
+static void softmax_update(attn_scratch *w, int64_t m, float *p, int64_t n, float chunk_max,
+                           int simd) {
+    const float old = w->mx[m], mx = chunk_max > old ? chunk_max : old;
+    /* a row whose scores are all -inf so far keeps acc = 0: subtract 0, not -inf (no NaN) */
+    const float ref = mx == -INFINITY ? 0.0f : mx;
+    float sum;
+    if (simd) {
+        sum = exp_sum_avx2(p, n, ref);
+    } else {
+        sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            p[j] = expf(p[j] - ref);
+            sum += p[j];
+        }
+    }
+    const float alpha = expf(old - ref); /* old = -inf on the first chunk: alpha = 0 */
+    w->alpha[m] = alpha;
+    w->sum[m] = w->sum[m] * alpha + sum;
+    w->mx[m] = mx;
+}
+
+static void attend_tile(const attn_cache *c, const attn_tile *t, attn_scratch *w, int simd) {
+    const int64_t Dh = c->Dh, G = c->G, M = t->nrows * G;
+    const int64_t nkeys = t->pos0 + t->nrows; /* keys the last row sees */
+    for (int64_t m = 0; m < M; m++) {
+        w->mx[m] = -INFINITY;
+        w->sum[m] = 0.0f;
+    }
+    for (int64_t i = 0; i < M * Dh; i++) w->acc[i] = 0.0f;
+    for (int64_t j0 = 0; j0 < nkeys; j0 += CYS_ATTN_KC) {
+        const int64_t n = nkeys - j0 < CYS_ATTN_KC ? nkeys - j0 : CYS_ATTN_KC;
+        load_chunk(c, t, c->k_cache, j0, n, w->kv, simd);
+        for (int64_t r = 0; r < t->nrows; r++) {
+            const int64_t nv = visible(t, r, j0, n);
+            if (nv == 0) continue;
+            if (simd) scores_avx2(c, t, r, nv, w);
+            else scores_scalar(c, t, r, nv, w);
+            for (int64_t m = r * G; m < (r + 1) * G; m++) {
+                float *p = w->s + m * CYS_ATTN_KC, cmax = -INFINITY;
+                if (simd) cmax = max_avx2(p, nv);
+                else
+                    for (int64_t j = 0; j < nv; j++) cmax = p[j] > cmax ? p[j] : cmax;
+                softmax_update(w, m, p, nv, cmax, simd);
+            }
+        }
+        load_chunk(c, t, c->v_cache, j0, n, w->kv, simd);
+        for (int64_t r = 0; r < t->nrows; r++) {
+            const int64_t nv = visible(t, r, j0, n);
+            if (nv == 0) continue;
+            if (simd) pv_avx2(c, r, nv, w);
+            else
+                for (int64_t m = r * G; m < (r + 1) * G; m++) pv_scalar(c, m, nv, w);
+        }
+    }
+    for (int64_t r = 0; r < t->nrows; r++)
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t m = r * G + g;
+            const float inv = 1.0f / w->sum[m];
+            float *o = t->out + r * t->row_stride + g * Dh;
+            for (int64_t e = 0; e < Dh; e++) o[e] = w->acc[m * Dh + e] * inv;
+        }
+}
+
 typedef struct {
-    int32_t seq, row0, row1; /* query rows [row0, row1) of sequence seq, counted from its first */
-} attn_tile;
+    int32_t seq, kvh, row0, row1; /* query rows [row0, row1) of seq, counted from its first */
+} attn_item;
+
+/* Rows per work item: enough queries to reuse each converted chunk, few enough for parallelism. */
+static int64_t rows_per_item(int64_t G) {
+    const int64_t r = CYS_ATTN_QUERIES_PER_ITEM / G;
+    return r > 0 ? r : 1;
+}
+
+static int alloc_scratch(attn_scratch *w, int64_t m_max, int64_t Dh) {
+    const int64_t floats = CYS_ATTN_KC * Dh + m_max * CYS_ATTN_KC + m_max * Dh + 3 * m_max;
+    float *buf = malloc((size_t)floats * sizeof(float));
+    if (!buf) return 0;
+    w->kv = buf;
+    w->s = w->kv + CYS_ATTN_KC * Dh;
+    w->acc = w->s + m_max * CYS_ATTN_KC;
+    w->mx = w->acc + m_max * Dh;
+    w->sum = w->mx + m_max;
+    w->alpha = w->sum + m_max;
+    return 1;
+}
 
 int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k_cache,
                         const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
@@ -184,56 +376,57 @@ int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k
                         const int32_t *query_start_loc, const int32_t *context_lens, int64_t S,
                         float scale, float *out, int nthreads, int simd) {
     (void)T;
-    int64_t ntiles = 0, max_ctx = 1, work = 0;
+    const int64_t G = Hq / Hkv, tile_rows = rows_per_item(G);
+    int64_t nitems = 0, work = 0;
     for (int64_t s = 0; s < S; s++) {
         const int64_t q_len = query_start_loc[s + 1] - query_start_loc[s];
-        ntiles += (q_len + CYS_ATTN_ROWS_PER_TILE - 1) / CYS_ATTN_ROWS_PER_TILE;
-        if (context_lens[s] > max_ctx) max_ctx = context_lens[s];
+        nitems += (q_len + tile_rows - 1) / tile_rows * Hkv;
         work += q_len * context_lens[s];
     }
-    if (ntiles == 0) return CYS_OK;
-    attn_tile *tiles = malloc((size_t)ntiles * sizeof(attn_tile));
-    if (!tiles) return CYS_ERR_NOMEM;
+    if (nitems == 0) return CYS_OK;
+    attn_item *items = malloc((size_t)nitems * sizeof(attn_item));
+    if (!items) return CYS_ERR_NOMEM;
     int64_t n = 0;
     for (int64_t s = 0; s < S; s++) {
         const int32_t q_len = query_start_loc[s + 1] - query_start_loc[s];
-        for (int32_t r0 = 0; r0 < q_len; r0 += CYS_ATTN_ROWS_PER_TILE) {
-            const int32_t r1 = r0 + CYS_ATTN_ROWS_PER_TILE < q_len ? r0 + CYS_ATTN_ROWS_PER_TILE : q_len;
-            tiles[n++] = (attn_tile){(int32_t)s, r0, r1};
+        /* last tiles first: they see the most keys, so the dynamic schedule ends balanced */
+        const int32_t ntiles = (int32_t)((q_len + tile_rows - 1) / tile_rows);
+        for (int32_t i = ntiles - 1; i >= 0; i--) {
+            const int32_t r0 = (int32_t)(i * tile_rows);
+            const int32_t r1 = r0 + tile_rows < q_len ? r0 + (int32_t)tile_rows : q_len;
+            for (int32_t h = 0; h < Hkv; h++) items[n++] = (attn_item){(int32_t)s, h, r0, r1};
         }
     }
-    const attn_cache cache = {k_cache, v_cache, Hkv, BS, Dh, scale};
-    const int64_t group = Hq / Hkv, nitems = ntiles * Hq;
+    const attn_cache cache = {k_cache, v_cache, Hkv, BS, Dh, G, scale};
     simd = simd && cys_cpu_has_avx2() && Dh % 8 == 0;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && nitems > 1 && work * Hq * Dh >= CYS_ATTN_PAR_MIN_MACS)
     {
-        float *scratch = malloc((size_t)(max_ctx + Dh) * sizeof(float));
+        attn_scratch w;
+        const int ok = alloc_scratch(&w, tile_rows * G, Dh);
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < nitems; it++) {
-            if (!scratch) {
-#pragma omp atomic write
-                failed = 1;
-                continue;
-            }
-            const attn_tile tile = tiles[it / Hq];
-            const int64_t h = it % Hq, s = tile.seq;
-            const int64_t q_len = query_start_loc[s + 1] - query_start_loc[s];
-            for (int64_t i = tile.row0; i < tile.row1; i++) {
-                const int64_t row = query_start_loc[s] + i;
-                const attn_row r = {
-                    .bt = block_tables + s * max_blocks,
-                    .kvh = h / group,
-                    .nkeys = context_lens[s] - q_len + i + 1, /* causal: up to its own position */
-                    .q = q + (row * Hq + h) * Dh,
-                    .out = out + (row * Hq + h) * Dh,
-                };
-                if (simd) attend_row_avx2(&cache, &r, scratch);
-                else attend_row_scalar(&cache, &r, scratch, scratch + max_ctx);
-            }
+            if (!ok) continue;
+            const attn_item item = items[it];
+            const int64_t s = item.seq, q_len = query_start_loc[s + 1] - query_start_loc[s];
+            const int64_t row = query_start_loc[s] + item.row0;
+            const attn_tile t = {
+                .bt = block_tables + s * max_blocks,
+                .kvh = item.kvh,
+                .pos0 = context_lens[s] - q_len + item.row0,
+                .nrows = item.row1 - item.row0,
+                .q = q + (row * Hq + item.kvh * G) * Dh,
+                .out = out + (row * Hq + item.kvh * G) * Dh,
+                .row_stride = Hq * Dh,
+            };
+            attend_tile(&cache, &t, &w, simd);
         }
-        free(scratch);
+        if (ok) free(w.kv);
     }
-    free(tiles);
+    free(items);
     return failed ? CYS_ERR_NOMEM : CYS_OK;
 }

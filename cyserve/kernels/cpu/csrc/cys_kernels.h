@@ -71,7 +71,10 @@ void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *
 
 /* out[T, Hq * Dh] = causal GQA attention of q[T, Hq * Dh] over the paged caches.
  * block_tables is [S, max_blocks]; query_start_loc [S + 1]; context_lens [S]. The caller checks
- * that every block a sequence reads is a valid block id and that q_len <= context_len. */
+ * that every block a sequence reads is a valid block id and that q_len <= context_len.
+ * Decodes (q_len 1) and prefill chunks (q_len > 1, reading the earlier context from the blocks)
+ * mix freely; the q heads of one kv head are computed together and scratch does not grow with
+ * the context length. Returns CYS_OK or CYS_ERR_NOMEM. */
 int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k_cache,
                         const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                         const int32_t *block_tables, int64_t max_blocks,
