@@ -40,9 +40,9 @@ def _inputs(scheduled) -> BatchInputs:
     return inputs
 
 
-def _run_trace(runner: ModelRunner, python_loop: bool = False) -> list[np.ndarray]:
+def _run_trace(runner: ModelRunner, python_loop: bool = False, steps: int = len(TRACE)) -> list[np.ndarray]:
     run = runner.forward_python if python_loop else runner.forward
-    return [run(_inputs(scheduled)) for _, scheduled in TRACE]
+    return [run(_inputs(scheduled)) for _, scheduled in TRACE[:steps]]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,22 @@ def native_trace(gguf_model):
     return _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, max_num_tokens=8))
 
 
+@pytest.fixture(scope="module")
+def python_trace(gguf_model):
+    return _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels()))
+
+
 @pytest.mark.parametrize("step", range(len(TRACE)), ids=[name for name, _ in TRACE])
-def test_native_loop_matches_python_loop(gguf_model, native_trace, step):
-    python = _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels()))
+def test_native_loop_matches_python_loop(native_trace, python_trace, step):
+    python = python_trace
     assert native_trace[step].shape == python[step].shape
     np.testing.assert_allclose(native_trace[step], python[step], rtol=0, atol=SAME_KERNELS_ATOL)
 
 
 def test_native_loop_matches_reference_kernels(gguf_model, native_trace):
-    ref = _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=reference_kernels()))
+    # the first two steps already hold a chunked prefill, a decode and a block crossing; the
+    # numpy kernels take ~15 s a step, so the whole trace would dominate the suite's time
+    ref = _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=reference_kernels()), steps=2)
     for (name, _), ours, theirs in zip(TRACE, native_trace, ref):
         diff = np.abs(ours - theirs).max()
         assert diff < REFERENCE_ATOL, f"{name}: max |logit diff| {diff:.4f}"

@@ -186,7 +186,9 @@ class Engine:
         """The CPU kernels' runner, or the torch runner on the GPU: same interface, same block ids."""
         log.info("device", device=self.device)
         if self.device == "cpu":
-            return ModelRunner(self.model, num_blocks, self.config.block_size)
+            # the work buffers are sized for the step's token budget once, never grown mid-run
+            return ModelRunner(self.model, num_blocks, self.config.block_size,
+                               max_num_tokens=self.config.max_num_batched_tokens)
         from cyserve.fastpath.torch_runner import TorchModelRunner  # imports torch: GPU deployments only
 
         return TorchModelRunner(self.model, num_blocks, self.config.block_size, device=self.device)
