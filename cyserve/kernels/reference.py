@@ -16,6 +16,11 @@ GGML block formats (32 weights per block, all little-endian):
   Q4_0 = {f16 d; u8 qs[16]}          w = (q - 8) * d   low nibbles -> elements 0..15, high -> 16..31
   Q4_1 = {f16 d; f16 m; u8 qs[16]}   w = q * d + m
   Q8_0 = {f16 d; i8 qs[32]}          w = q * d
+
+For those three formats ``matmul`` follows the compiled kernel's integer algorithm: x is quantized
+to int8 blocks of 32 (``quantize_activations``) and each weight block meets each x block in an
+exact integer dot product. ``matmul_dequantized`` is the plain dequantize-then-multiply product,
+the number both approximate.
 """
 from __future__ import annotations
 
@@ -86,11 +91,82 @@ def _write(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def matmul(x: np.ndarray, w: np.ndarray, wtype: int, out: np.ndarray | None = None) -> np.ndarray:
-    """out[T, N] = x[T, K] @ W[N, K].T, W given as raw rows of format ``wtype``."""
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x f32[T, K] -> (q i8[T, K], d f32[T, K/32], s f32[T, K/32]), x ~= q * d per block of 32.
+
+    d = amax / 127, q = round-half-even(x * (1 / d)), s = d * sum(q): every step in float32, in
+    the kernel's order, so the compiled quantization must match this bit for bit. A block with
+    amax < 2^-96 is all zeros with d = 0.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    T, K = x.shape
+    if K <= 0 or K % 32:
+        raise ValueError(f"x must have K a positive multiple of 32 columns, got K={K}")
+    xb = x.reshape(T, K // 32, 32)                               # [T, nb, 32]
+    amax = np.abs(xb).max(axis=-1)
+    # below 2^-96 a block is zero: 1 / d would overflow
+    d = np.where(amax >= np.float32(2.0 ** -96), amax / np.float32(127.0), np.float32(0.0))
+    d = d.astype(np.float32)                                      # [T, nb]
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    q = np.rint(xb * inv[..., None]).astype(np.int8)             # f32 product, ties to even
+    s = d * q.astype(np.int32).sum(axis=-1).astype(np.float32)
+    return q.reshape(T, K), d, s
+
+
+def weight_blocks(w: np.ndarray, wtype: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_0/Q4_1/Q8_0 rows as (q i32[N, nb, 32], d f32[N, nb], m f32[N, nb]) with w = q * d + m.
+
+    Q4 q are the raw nibbles 0..15 (Q4_0's -8 offset becomes m = -8 d); Q8_0 q are signed, m = 0.
+    """
+    if wtype not in (Q4_0, Q4_1, Q8_0):
+        raise ValueError(f"wtype {wtype} has no integer blocks; use Q4_0, Q4_1 or Q8_0")
+    w = np.asarray(w, dtype=np.uint8)
+    rb = row_bytes(wtype, K)
+    if w.ndim != 2 or w.shape[1] != rb:
+        raise ValueError(f"w must be uint8[N, {rb}] for wtype {wtype}, K={K}; got {w.shape}")
+    _, size = BLOCK_LAYOUT[wtype]
+    blocks = w.reshape(w.shape[0], K // 32, size)
+    d = _f16(blocks[..., 0:2])                                    # [N, nb]
+    if wtype == Q8_0:
+        return blocks[..., 2:34].view(np.int8).astype(np.int32), d, np.zeros_like(d)
+    qs = blocks[..., size - 16:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)
+    m = -8.0 * d if wtype == Q4_0 else _f16(blocks[..., 2:4])
+    return q, d, m.astype(np.float32)
+
+
+def matmul_int8_terms(x: np.ndarray, w: np.ndarray, wtype: int) -> tuple[np.ndarray, np.ndarray]:
+    """The per-block terms of the integer matmul, float64 [T, N, nb] each:
+    scale terms d_w * d_x * sum(q_w * q_x) (exact integer sums) and offset terms m_w * s_x."""
+    K = x.shape[1]
+    qx, dx, sx = quantize_activations(x)
+    qw, dw, mw = weight_blocks(w, wtype, K)
+    T, nb = dx.shape
+    isum = np.einsum("tbk,nbk->tnb", qx.reshape(T, nb, 32).astype(np.int64), qw.astype(np.int64))
+    scale = isum * (dw.astype(np.float64)[None] * dx.astype(np.float64)[:, None])
+    offset = mw.astype(np.float64)[None] * sx.astype(np.float64)[:, None]
+    return scale, offset
+
+
+def matmul_dequantized(x: np.ndarray, w: np.ndarray, wtype: int,
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """out[T, N] = x[T, K] @ dequantize(W).T in float64: no activation quantization at all."""
     K = x.shape[1]
     W = dequantize(w, wtype, K).astype(np.float64)
     return _write(x.astype(np.float64) @ W.T, out)
+
+
+def matmul(x: np.ndarray, w: np.ndarray, wtype: int, out: np.ndarray | None = None) -> np.ndarray:
+    """out[T, N] = x[T, K] @ W[N, K].T, W given as raw rows of format ``wtype``.
+
+    Quantized formats use the kernel's int8-activation semantics (exact integer block dots,
+    float64 sums); plain float formats multiply f32 x exactly.
+    """
+    if wtype not in (Q4_0, Q4_1, Q8_0):
+        return matmul_dequantized(x, w, wtype, out)
+    scale, offset = matmul_int8_terms(x, w, wtype)
+    return _write((scale + offset).sum(axis=-1), out)
 
 
 def get_rows(w: np.ndarray, wtype: int, K: int, ids: np.ndarray,

@@ -35,6 +35,47 @@ def matmul_atol(K: int) -> float:
     return MATMUL_ATOL_PER_SQRT_K * np.sqrt(K)
 
 
+F32_UNIT_ROUNDOFF = 2.0 ** -24
+INT8_MATMUL_EXTRA_ROUNDINGS = 10  # products d_w*d_x, m_w*s_x, the hsum tree and the final add
+
+
+def int8_matmul_tol(x: np.ndarray, w: np.ndarray, wtype: int) -> np.ndarray:
+    """Per-element bound on |kernel - R.matmul| for a quantized wtype: the integer block sums are
+    exact, so only f32 rounding differs. Summing n terms in f32 in any order errs by at most
+    (n - 1) u sum|terms| (to first order); each of the nb scale terms is spread over 8 lanes, so
+    the magnitude counts |d_w d_x| sum|q_w q_x| rather than |d_w d_x sum q_w q_x|."""
+    K = x.shape[1]
+    qx, dx, sx = R.quantize_activations(x)
+    qw, dw, mw = R.weight_blocks(w, wtype, K)
+    T, nb = dx.shape
+    abs_isum = np.einsum("tbk,nbk->tnb", np.abs(qx.reshape(T, nb, 32).astype(np.int64)),
+                         np.abs(qw.astype(np.int64)))
+    mag = (abs_isum * np.abs(dw.astype(np.float64)[None] * dx.astype(np.float64)[:, None])
+           + np.abs(mw.astype(np.float64)[None] * sx.astype(np.float64)[:, None])).sum(-1)
+    return (nb + INT8_MATMUL_EXTRA_ROUNDINGS) * F32_UNIT_ROUNDOFF * mag + 1e-30
+
+
+def quantization_error_bound(x: np.ndarray, w: np.ndarray, wtype: int) -> np.ndarray:
+    """Per-element bound on |kernel - R.matmul_dequantized|: each x_k moves by at most d_x/2 when
+    quantized, so the product moves by at most sum_b d_x,b / 2 * sum_{k in b} |w_k|; plus the f32
+    rounding of the kernel (int8_matmul_tol) and of the reference's f32 decode (u |w_k x_k|)."""
+    K = x.shape[1]
+    _, dx, _ = R.quantize_activations(x)
+    W = R.dequantize(w, wtype, K).astype(np.float64)                   # [N, K]
+    T, nb = dx.shape
+    absw_blocks = np.abs(W).reshape(W.shape[0], nb, 32).sum(-1)         # [N, nb]
+    quant = 0.5 * dx.astype(np.float64) @ absw_blocks.T                 # [T, N]
+    decode = 2 * F32_UNIT_ROUNDOFF * (np.abs(x.astype(np.float64)) @ np.abs(W).T)
+    return quant + decode + int8_matmul_tol(x, w, wtype)
+
+
+def assert_within(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray, what: str) -> None:
+    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert (err <= bound).all(), (f"{what}: |error| {err[worst]:.3g} > bound {bound[worst]:.3g} "
+                                  f"at {worst}")
+
+
 def f16_bits(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16).view(np.uint16)
 

@@ -1,6 +1,6 @@
 # cdef extern declarations of csrc/cys_kernels.h, the C kernels' only public header.
 # Shapes are the caller's responsibility: the .pyx wrappers check them before calling.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "cys_kernels.h" nogil:
@@ -27,6 +27,8 @@ cdef extern from "cys_kernels.h" nogil:
                      const int32_t *ids, int64_t T, float *out, int nthreads, int simd)
     int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
                    int wtype, int64_t N, float *out, int nthreads, int simd)
+    int cys_quantize_act(const float *x, int64_t T, int64_t K, int8_t *q, float *d, float *s,
+                         int nthreads, int simd)
 
     void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
                       float *out, int nthreads, int simd)

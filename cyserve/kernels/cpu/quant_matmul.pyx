@@ -1,17 +1,18 @@
 """Linear layers and embeddings over GGML-format weights (F32, F16, BF16, Q4_0, Q4_1, Q8_0).
 
 A weight [N, K] is its raw bytes, a C-contiguous uint8[N, row_bytes(wtype, K)] (GGUF data used
-in place). Every function checks shapes here and raises ValueError saying what to fix; the C code
+in place). For the quantized formats matmul quantizes x to int8 blocks of 32 first (see
+quantize_activations) and takes integer block dot products, as llama.cpp does. Every function checks shapes here and raises ValueError saying what to fix; the C code
 behind it trusts them.
 """
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 from cyserve.kernels.cpu._checks cimport check_disjoint, check_rc
 from cyserve.kernels.cpu.ckernels cimport (
     CYS_ERR_SHAPE, CYS_ERR_TYPE, cys_block_elems, cys_dequantize, cys_get_rows, cys_matmul,
-    cys_row_bytes,
+    cys_quantize_act, cys_row_bytes,
 )
 from cyserve.kernels.cpu.threads cimport current_num_threads, current_simd
 
@@ -101,3 +102,28 @@ def dequantize(const uint8_t[:, ::1] w not None, int wtype, Py_ssize_t K):
                             current_num_threads(), current_simd())
     check_rc(rc, "dequantize")
     return result
+
+
+def quantize_activations(const float[:, ::1] x not None):
+    """(q int8[T, K], d float32[T, K/32], s float32[T, K/32]): x ~= q * d per block of 32.
+
+    The activation quantization matmul applies for quantized weights: d = amax / 127 per block,
+    q = round-half-even(x / d), s = d * sum(q). K must be a multiple of 32; x must be finite.
+    """
+    cdef int64_t T = x.shape[0], K = x.shape[1]
+    if K <= 0 or K % 32:
+        raise ValueError(f"x must have K a positive multiple of 32 columns, got K={K}")
+    q_arr = np.empty((T, K), dtype=np.int8)
+    d_arr = np.empty((T, K // 32), dtype=np.float32)
+    s_arr = np.empty((T, K // 32), dtype=np.float32)
+    if T == 0:
+        return q_arr, d_arr, s_arr
+    cdef int8_t[:, ::1] q = q_arr
+    cdef float[:, ::1] d = d_arr
+    cdef float[:, ::1] s = s_arr
+    cdef int rc
+    with nogil:
+        rc = cys_quantize_act(&x[0, 0], T, K, &q[0, 0], &d[0, 0], &s[0, 0],
+                              current_num_threads(), current_simd())
+    check_rc(rc, "quantize_activations")
+    return q_arr, d_arr, s_arr

@@ -45,9 +45,15 @@ int cys_dequantize(const uint8_t *w, int64_t row_bytes, int wtype, int64_t N, in
 /* out[T, K] = decoded rows ids[0..T) of w; ids must be in range (checked by the caller). */
 int cys_get_rows(const uint8_t *w, int64_t row_bytes, int wtype, int64_t K, const int32_t *ids,
                  int64_t T, float *out, int nthreads, int simd);
-/* out[T, N] = x[T, K] @ W[N, K].T; out must not overlap x. */
+/* out[T, N] = x[T, K] @ W[N, K].T; out must not overlap x. For Q4_0/Q4_1/Q8_0 weights x is first
+ * quantized as cys_quantize_act does (into per-thread scratch; CYS_ERR_NOMEM if that fails) and
+ * multiplied with integer block dot products; F32/F16/BF16 weights multiply f32 x. */
 int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
                int wtype, int64_t N, float *out, int nthreads, int simd);
+/* x[T, K] (K % 32 == 0, finite) -> int8 blocks of 32: q[T, K], scale d[T, K/32] = amax / 127,
+ * s[T, K/32] = d * sum(q) per block; q = round-half-even(x / d). CYS_ERR_SHAPE for a bad K. */
+int cys_quantize_act(const float *x, int64_t T, int64_t K, int8_t *q, float *d, float *s,
+                     int nthreads, int simd);
 
 /* out[T, D] = x / sqrt(mean(x^2) + eps) * weight; out may alias x. */
 void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,

@@ -1,17 +1,18 @@
-/* out[T, N] = x[T, K] @ W[N, K].T with W in a GGML format, activations kept in f32.
+/* out[T, N] = x[T, K] @ W[N, K].T: the entry point, and the f32 path for F32 / F16 / BF16 weights.
  *
- * Two AVX2 paths, both parallel over output rows N (each thread owns whole rows of W, so W is
- * read once per step whatever T is):
- *  - few tokens (decode, T < CYS_MM_SMALL_T): each 32-weight block is decoded into 4 registers
- *    and applied to up to 4 token rows before the next block is read;
+ * Q4_0 / Q4_1 / Q8_0 weights go to the integer path in matmul_q8.c (activations quantized to int8
+ * blocks, integer block dot products). Plain float weights keep f32 activations here, with two
+ * AVX2 paths, both parallel over output rows N (each thread owns whole rows of W, so W is read
+ * once per step whatever T is):
+ *  - few tokens (decode, T < CYS_MM_SMALL_T): each 32-weight group is decoded into 4 registers
+ *    and applied to up to 4 token rows before the next group is read;
  *  - many tokens (prefill): a pair of W rows is decoded once into an L1 scratch buffer, then a
  *    2 rows x 4 tokens register tile runs over it, with x walked in chunks that stay in L2.
  * The scalar twin decodes each row with the reference decoder and takes plain dot products.
- * (A later change swaps the f32 activations for int8 blocks and maddubs dot products; the group
- * decode in cys_load_group is the one place that knows the weight format.)
  */
 #include <stdlib.h>
 
+#include "act_q8.h"
 #include "cys_kernels.h"
 #include "ggml_blocks.h"
 #include "simd_avx2.h"
@@ -19,6 +20,9 @@
 #define CYS_MM_SMALL_T 8            /* below this many tokens decode blocks straight to registers */
 #define CYS_MM_X_CHUNK_BYTES (256 * 1024) /* x rows per pass of the prefill path: stays in L2 */
 #define CYS_MM_PAR_MIN_MACS (1 << 17) /* smaller products run on the calling thread */
+
+/* The formats this file multiplies (the quantized ones never reach its AVX2 loops). */
+#define CYS_FOR_EACH_FLOAT_WTYPE(X) X(CYS_TYPE_F32) X(CYS_TYPE_F16) X(CYS_TYPE_BF16)
 
 static float dot_scalar(const float *a, const float *b, int64_t K) {
     /* 4 partial sums: the same association order on every CPU, and some ILP */
@@ -111,7 +115,7 @@ CYS_AVX2 static void matmul_small_t_avx2(const float *x, int64_t T, int64_t K, c
         const int64_t n1 = n0 + CYS_MM_ROW_CHUNK < N ? n0 + CYS_MM_ROW_CHUNK : N;
         switch (wtype) {
 #define CASE(TY) case TY: rows_small_t(TY, x, T, K, w, rb, n0, n1, out, N); break;
-            CYS_FOR_EACH_WTYPE(CASE)
+            CYS_FOR_EACH_FLOAT_WTYPE(CASE)
 #undef CASE
         }
     }
@@ -198,8 +202,11 @@ int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t r
     const int64_t rb = cys_row_bytes(wtype, K);
     if (rb < 0) return (int)rb;
     if (T <= 0 || N <= 0) return CYS_OK;
+    simd = simd && cys_cpu_has_avx2();
+    if (cys_block_elems(wtype) == QK) /* quantized weights: K % 32 == 0 (checked by row_bytes) */
+        return cys_matmul_q8(x, T, K, w, row_bytes, wtype, N, out, nthreads, simd);
     const int par = nthreads > 1 && T * N * K >= CYS_MM_PAR_MIN_MACS;
-    if (!(simd && cys_cpu_has_avx2()))
+    if (!simd)
         return matmul_scalar(x, T, K, w, row_bytes, wtype, N, out, nthreads, par);
     if (T < CYS_MM_SMALL_T && K % QK == 0) {
         matmul_small_t_avx2(x, T, K, w, row_bytes, wtype, N, out, nthreads, par);
