@@ -139,7 +139,9 @@ def extensions(cuda: bool) -> list[Extension]:
     only = os.environ.get("CYSERVE_ONLY", "cyserve")
     # BuildExtension gives every source -std=c++20 unless it names a standard; these are C
     c_std = ["-std=gnu17"] if cuda else []
-    headers = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.h")))
+    # the kernel sources too: every kernel extension links the static library built from them,
+    # and setuptools would otherwise keep a module linked against the old library
+    kernel_deps = sorted(glob.glob(os.path.join(KERNEL_CSRC, "*.[ch]")))
     exts = []
     for pyx in sorted(glob.glob(os.path.join("cyserve", "**", "*.pyx"), recursive=True)):
         if not pyx.startswith(only):
@@ -151,7 +153,7 @@ def extensions(cuda: bool) -> list[Extension]:
                 name,
                 [pyx],
                 include_dirs=[KERNEL_CSRC],
-                depends=headers if is_kernel else [],
+                depends=kernel_deps if is_kernel else [],
                 extra_compile_args=COMPILE_ARGS + c_std,
                 extra_link_args=LINK_ARGS,
             )

@@ -1,15 +1,20 @@
 """The llama forward pass against transformers' fp32 forward of the same GGUF.
 
-Tolerance: weights are identical (both dequantize the same blocks); the differences are the fp16 KV
-cache and summation order. Measured max |logit diff| is ~0.05 on these prompts; we allow 0.25 and
-require the same top-1 wherever the reference's top-2 margin exceeds 0.25.
+Weights are identical (both dequantize the same blocks). Ours differ by what llama.cpp's CPU path
+differs by: activations quantized to 8-bit blocks before each quantized matmul, the fp16 KV cache,
+summation order. Measured on these prompts: max |logit diff| about 1.24 and mean about 0.37
+(llama.cpp on the same file: 1.36 and 0.28; with f32 activations we were at 0.02). So the bounds
+are a max of 2.5, a mean of 0.5, and the same top-1 wherever the reference's top-2 margin exceeds
+1.0. tests/test_accuracy.py holds the top-1 and free-running criteria.
 """
 import numpy as np
 import pytest
 
 from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs
 
-LOGIT_ATOL = 0.25
+LOGIT_ATOL = 2.5  # max |diff| over every logit of every position
+LOGIT_MEAN_ATOL = 0.5
+DECISIVE_MARGIN = 1.0  # top-1 must agree where the reference leads by more than this
 BATCH_ATOL = 1e-2  # tiling over T changes summation order; measured ~4e-3
 PROMPTS = [
     "The capital of France is",
@@ -35,8 +40,10 @@ def check_close(ours: np.ndarray, ref: np.ndarray) -> None:
     assert ours.shape == ref.shape
     diff = np.abs(ours - ref).max()
     assert diff < LOGIT_ATOL, f"max |logit diff| {diff:.3f} over {LOGIT_ATOL}"
+    mean = np.abs(ours - ref).mean()
+    assert mean < LOGIT_MEAN_ATOL, f"mean |logit diff| {mean:.3f} over {LOGIT_MEAN_ATOL}"
     top2 = np.sort(ref, axis=-1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > LOGIT_ATOL
+    decisive = (top2[:, 1] - top2[:, 0]) > DECISIVE_MARGIN
     assert (ours.argmax(-1) == ref.argmax(-1))[decisive].all()
 
 
