@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cyserve.fastpath.model_runner import BatchInputs, build_inputs
+from types import SimpleNamespace
+
+from cyserve.fastpath.gguf_model import GGUFModel
+from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs, cpu_kernels
+from cyserve.kernels.cpu.quant_matmul import dequantize
 
 BLOCK_SIZE = 16
 NUM_BLOCKS = 24
@@ -11,6 +15,22 @@ PROMPT_A = list(range(1000, 1041))  # 41 tokens: three blocks, the last one part
 PROMPT_B = [int(t) for t in np.random.default_rng(7).integers(10, 49000, 29)]
 BLOCKS_A = [17, 3, 9, 21]  # scattered on purpose: a runner reading blocks in order would be caught
 BLOCKS_B = [5, 12]
+
+
+def f32_activation_runner(model: GGUFModel) -> ModelRunner:
+    """The CPU runner with unquantized activations: its linear layers multiply f32 x by the
+    dequantized weights, as the GPU path does (the CPU kernels' int8 activations would add their
+    own ~1 logit of quantization noise and hide a runner bug under it). Everything else is the
+    CPU kernels, through the Python layer loop."""
+    dense: dict[int, np.ndarray] = {}
+
+    def matmul(x: np.ndarray, w: np.ndarray, wtype: int, out: np.ndarray) -> None:
+        if id(w) not in dense:
+            dense[id(w)] = dequantize(w, wtype, x.shape[1])
+        np.matmul(x, dense[id(w)].T, out=out)
+
+    kernels = SimpleNamespace(**{**vars(cpu_kernels()), "matmul": matmul})
+    return ModelRunner(model, NUM_BLOCKS, BLOCK_SIZE, kernels=kernels)
 
 
 def scenario() -> list[BatchInputs]:

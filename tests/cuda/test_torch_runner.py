@@ -5,8 +5,9 @@ the fp32 residual with fused add+RMSNorm, block tables, slot mapping, chunked pr
 decode rows, GQA, the GEMV routing for small batches. On a GPU, test_cuda_model.py runs the same
 scenario with the CUDA ops.
 
-Tolerance: both sides use the same dequantized weights and fp16 KV cache; the torch runner keeps
-activations in fp32 here, so differences are summation order only (measured ~4e-3 on these steps).
+Tolerance: both sides use the same dequantized weights, f32 activations (the CPU side through
+`f32_activation_runner`, not the int8 fast path) and the fp16 KV cache, so differences are
+summation order only (measured ~4e-3 on these steps).
 """
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from cyserve.fastpath.model_runner import ModelRunner
 from cyserve.fastpath.torch_runner import TorchModelRunner
-from runner_steps import BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, scenario
+from runner_steps import BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, f32_activation_runner, scenario
 
 LOGIT_ATOL = 2e-2
 
@@ -30,7 +31,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def cpu_runner(gguf_model):
-    return ModelRunner(gguf_model, NUM_BLOCKS, BLOCK_SIZE)
+    return f32_activation_runner(gguf_model)
 
 
 def run_both(gguf_model, cpu_runner, **kwargs) -> tuple[TorchModelRunner, list[tuple[np.ndarray, np.ndarray]]]:

@@ -113,7 +113,7 @@ def test_console_script_is_declared():
 def test_generate_chat_answers_paris(served):
     result = run_cli(
         "generate", "--chat", "--temperature", "0", "--max-tokens", "32",
-        "--address", served.address, "What is the capital of France?",
+        "--address", served.address, "What is the capital of France? Answer in one sentence.",
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

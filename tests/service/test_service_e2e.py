@@ -51,7 +51,7 @@ def test_greedy_stream_concatenates_to_unary(stub, engine):
 
 def test_chat_answers_paris(stub):
     request = pb.GenerateRequest(
-        messages=[pb.ChatMessage(role="user", content="What is the capital of France?")],
+        messages=[pb.ChatMessage(role="user", content="What is the capital of France? Answer in one sentence.")],
         add_generation_prompt=True,
         sampling=pb.SamplingParams(temperature=0.0),
         stopping=pb.StoppingCriteria(max_tokens=32),
