@@ -104,16 +104,8 @@ def processed_row(object row, seq, eos_token_ids=()):
 
 def token_logprobs(object row, long token, int num_top):
     """(logprob of `token`, [(id, logprob) of the num_top most likely]) under log-softmax(row)."""
-    x = np.asarray(row, dtype=np.float64)
-    m = x.max()
-    lse = m + np.log(np.exp(x - m).sum())
-    top = []
-    if num_top > 0:
-        k = min(num_top, x.shape[0])
-        idx = np.argpartition(-x, k - 1)[:k]
-        idx = idx[np.argsort(-x[idx], kind="stable")]
-        top = [(int(j), float(x[j] - lse)) for j in idx]
-    return float(x[token] - lse), top
+    lp, top_ids, top_lp = rows_logprobs(np.asarray(row)[None, :], [token], num_top)
+    return float(lp[0]), [(int(j), float(v)) for j, v in zip(top_ids[0], top_lp[0])]
 
 
 # Rows of logits turned into log-probabilities at a time: the temporaries stay a few MB however

@@ -37,6 +37,18 @@ cdef inline bint _before(Sequence a, Sequence b) noexcept:
     return a.priority > b.priority or (a.priority == b.priority and a.arrival_index < b.arrival_index)
 
 
+cdef Py_ssize_t _bisect(list queue, Sequence seq) noexcept:
+    """The first position in an urgency-ordered queue whose sequence is not more urgent than seq."""
+    cdef Py_ssize_t lo = 0, hi = len(queue), mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _before(<Sequence> queue[mid], seq):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef inline bint _wants_prompt_logprobs(Sequence seq):
     return getattr(getattr(seq.request, "sampling", None), "prompt_logprobs", None) is not None
 
@@ -79,28 +91,16 @@ cdef class Scheduler:
     # ---- queues -----------------------------------------------------------------------------
 
     cdef int _insert(self, list queue, Sequence seq) except -1:
-        cdef Py_ssize_t lo = 0, hi = len(queue), mid
-        if hi == 0 or _before(<Sequence> queue[hi - 1], seq):
+        cdef Py_ssize_t n = len(queue)
+        if n == 0 or _before(<Sequence> queue[n - 1], seq):
             queue.append(seq)  # the common case: a newcomer of the lowest priority present
-            return 0
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _before(<Sequence> queue[mid], seq):
-                lo = mid + 1
-            else:
-                hi = mid
-        queue.insert(lo, seq)
+        else:
+            queue.insert(_bisect(queue, seq), seq)
         return 0
 
     cdef Py_ssize_t _index(self, list queue, Sequence seq) except -1:
         """Position of seq in a queue (binary search: (priority, arrival) is unique per sequence)."""
-        cdef Py_ssize_t lo = 0, hi = len(queue), mid
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _before(<Sequence> queue[mid], seq):
-                lo = mid + 1
-            else:
-                hi = mid
+        cdef Py_ssize_t lo = _bisect(queue, seq)
         if lo == len(queue) or queue[lo] is not seq:
             raise RuntimeError(f"{seq!r} is not where its queue's order puts it")
         return lo

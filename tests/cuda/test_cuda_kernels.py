@@ -4,18 +4,11 @@ Needs a CUDA device and the built extension; skips with the reason otherwise. Ac
 here, so the tolerances are cuda_parity.tolerance(torch.float16).
 """
 import pytest
+from gpu import require_gpu
 
-torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[cuda]'")
+torch = require_gpu("the CUDA kernel test")
 
 import cuda_parity as P  # noqa: E402
-from cyserve.kernels.cuda import BUILD_HINT, load  # noqa: E402
-
-if not torch.cuda.is_available():
-    pytest.skip(f"no CUDA device visible to torch {torch.__version__}: the CUDA kernels run only on a GPU",
-                allow_module_level=True)
-if load() is None:
-    pytest.skip(f"the CUDA extension is not built; {BUILD_HINT}", allow_module_level=True)
-
 from cyserve.fastpath.torch_runner import cuda_ops  # noqa: E402
 
 F16 = torch.float16

@@ -9,16 +9,9 @@ fast path, whose own quantization noise is ~1 logit), plus fp16 logits; chosen b
 tighten it once measured.
 """
 import pytest
+from gpu import require_gpu
 
-torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[cuda]'")
-
-from cyserve.kernels.cuda import BUILD_HINT, load  # noqa: E402
-
-if not torch.cuda.is_available():
-    pytest.skip(f"no CUDA device visible to torch {torch.__version__}: the GPU model test runs only on a GPU",
-                allow_module_level=True)
-if load() is None:
-    pytest.skip(f"the CUDA extension is not built; {BUILD_HINT}", allow_module_level=True)
+torch = require_gpu("the GPU model test")
 
 from cyserve.fastpath.torch_runner import TorchModelRunner  # noqa: E402
 from runner_steps import (  # noqa: E402
