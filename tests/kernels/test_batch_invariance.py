@@ -15,7 +15,6 @@ few ulp, which without an 8-bit rounding downstream do not grow into token flips
 import numpy as np
 import pytest
 
-from cyserve.kernels import reference as R
 from cyserve.kernels.cpu import quant_matmul as qm
 from kernel_data import QUANT_WTYPES, make_weight, rng
 
