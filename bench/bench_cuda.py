@@ -4,7 +4,9 @@
    context), linear layers through cuBLAS on fp16 weights vs the fused dequantizing GEMV (which
    only serves batches of <= 8 rows, so it is timed at 1 stream);
 2. runner prefill tokens/s for 512-token prompts;
-3. engine output tokens/s at 1 and 64 concurrent streams, end to end (scheduler, sampler,
+3. the device sampler alone: rows/s from [64, vocab] GPU logits to host token ids, greedy and
+   top-k/top-p;
+4. engine output tokens/s at 1 and 64 concurrent streams, end to end (scheduler, device sampler,
    detokenizer included), --device cuda.
 
     python bench/bench_cuda.py [--steps 64] [--max-tokens 64] [--cpu-baseline]
@@ -24,7 +26,10 @@ import torch
 from cyserve.fastpath.engine import Engine, EngineConfig
 from cyserve.fastpath.gguf_model import load_gguf
 from cyserve.fastpath.model_runner import ModelRunner, build_inputs
+from cyserve.fastpath.device_sampler import DeviceSampler
 from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.sampler import seed_state
+from cyserve.fastpath.sequence import Sequence
 from cyserve.fastpath.torch_runner import TorchModelRunner
 from cyserve.service.config import default_model_path
 
@@ -47,6 +52,7 @@ def decode_rate(runner, num_streams: int, steps: int) -> float:
         for s in seqs:
             s.append(42)
         runner.forward(build_inputs([(s, len(s) - 1, 1, t, True) for s, t in zip(seqs, tables)], BLOCK_SIZE))
+    torch.cuda.synchronize()  # the torch runner's forward returns before the GPU is done
     return num_streams * steps / (time.perf_counter() - t0)
 
 
@@ -58,7 +64,22 @@ def prefill_rate(runner, repeats: int) -> float:
     t0 = time.perf_counter()
     for _ in range(repeats):
         runner.forward(step)
+    torch.cuda.synchronize()
     return PREFILL_LEN * repeats / (time.perf_counter() - t0)
+
+
+def sampling_rate(num_rows: int, steps: int, params: SamplingParams) -> float:
+    """Rows/s the device sampler turns [num_rows, vocab] GPU logits into host token ids."""
+    vocab = 49152
+    seqs = [Sequence(EngineRequest(f"s{i}", [1, 2, 3], sampling=params), i, [1, 2, 3], 3, 1 << 20,
+                     rng_state=seed_state(i)) for i in range(num_rows)]
+    logits = torch.randn((num_rows, vocab), device="cuda") * 4
+    sampler = DeviceSampler("cuda")
+    sampler.sample(logits, seqs)  # warm
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        sampler.sample(logits, seqs)  # returns host ints: synchronised
+    return num_rows * steps / (time.perf_counter() - t0)
 
 
 def num_blocks_for(streams: int, steps: int) -> int:
@@ -91,7 +112,7 @@ def main() -> None:
     model = load_gguf(default_model_path())
     nb = num_blocks_for(64, args.steps)
     print(f"device: {device}; model {model.config.name}; context {CONTEXT}; block size {BLOCK_SIZE}")
-    print(f"{'what':<44} | {'tok/s':>10}")
+    print(f"{'what':<56} | {'tok/s':>10}")
     rows: list[tuple[str, float]] = []
     gpu = TorchModelRunner(model, nb, BLOCK_SIZE, device="cuda")
     rows.append(("runner decode, 1 stream, cuBLAS fp16", decode_rate(gpu, 1, args.steps)))
@@ -101,20 +122,24 @@ def main() -> None:
     gemv = TorchModelRunner(model, nb, BLOCK_SIZE, device="cuda", use_gemv=True)
     rows.append(("runner decode, 1 stream, dequant GEMV", decode_rate(gemv, 1, args.steps)))
     del gemv
+    greedy, nucleus = SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, top_k=50, top_p=0.9)
+    rows.append(("device sampler, 64 rows, greedy (rows/s)", sampling_rate(64, args.steps, greedy)))
+    rows.append(("device sampler, 64 rows, top-k 50 top-p 0.9 (rows/s)",
+                 sampling_rate(64, args.steps, nucleus)))
     if args.cpu_baseline:
         cpu = ModelRunner(model, nb, BLOCK_SIZE)
         rows.append(("CPU runner decode, 1 stream", decode_rate(cpu, 1, min(args.steps, 16))))
         rows.append(("CPU runner decode, 64 streams", decode_rate(cpu, 64, min(args.steps, 4))))
         rows.append((f"CPU runner prefill, {PREFILL_LEN} tokens", prefill_rate(cpu, 1)))
     for name, rate in rows:
-        print(f"{name:<44} | {rate:>10.1f}")
+        print(f"{name:<56} | {rate:>10.1f}")
     engine = Engine.from_config(EngineConfig(model_path=default_model_path(), kv_cache_bytes=256 << 20,
                                              max_num_seqs=64, device="cuda"))
     engine.start()
     try:
         asyncio.run(_engine_round(engine, 1, 4))  # warm
         for n in (1, 64):
-            print(f"{f'engine output, {n} streams, {args.max_tokens} tokens each':<44} | "
+            print(f"{f'engine output, {n} streams, {args.max_tokens} tokens each':<56} | "
                   f"{asyncio.run(_engine_round(engine, n, args.max_tokens)):>10.1f}")
     finally:
         engine.stop()

@@ -69,6 +69,7 @@ def test_bad_requests_raise_with_the_field(engine):
         (EngineRequest("e2", [1, 10**6]), "prompt_token_ids"),
         (EngineRequest("e3", [1] * engine.max_model_len), "prompt"),
         (EngineRequest("e4", [1, 2], stopping=StoppingParams(max_tokens=0)), "stopping.max_tokens"),
+        (EngineRequest("e5", [1, 2], SamplingParams(logit_bias=((10**6, 1.0),))), "sampling.logit_bias"),
     ]
     for r, field in cases:
         with pytest.raises(InvalidRequestError) as e:

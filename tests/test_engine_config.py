@@ -38,3 +38,14 @@ def test_default_kv_cache_is_bounded_by_need_and_by_the_cap():
     assert default_kv_cache_bytes(cfg, per_token, 1024) <= 2 * 1024 * per_token
     big = default_kv_cache_bytes(EngineConfig(model_path="m"), per_token, 8192)
     assert 0 < big <= 1 << 30
+
+
+def test_gpu_memory_utilization_from_flag_and_environment():
+    from cyserve.service.cli import _parser
+
+    assert _parser().parse_args(["serve", "--gpu-memory-utilization", "0.5"]).gpu_memory_utilization == 0.5
+    cfg = ServerConfig.from_env({"CYSERVE_GPU_MEMORY_UTILIZATION": "0.75"}).engine_config()
+    assert cfg.gpu_memory_utilization == 0.75
+    assert ServerConfig.from_env({}).engine_config().gpu_memory_utilization == 0.9
+    with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
+        ServerConfig.from_env({"CYSERVE_GPU_MEMORY_UTILIZATION": "1.2"})

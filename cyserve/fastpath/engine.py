@@ -19,11 +19,13 @@ import structlog
 from cyserve.fastpath.block_allocator import BlockAllocator
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
+from cyserve.fastpath.host_memory import available_memory_bytes
 from cyserve.fastpath.kv_cache_manager import KVCacheManager
 from cyserve.fastpath.model_runner import LogitRows, ModelRunner, build_inputs
 from cyserve.fastpath.output_processor import SequenceOutputState
 from cyserve.fastpath.request import EngineRequest, FinishReason, PromptLogprobs, RequestOutput, RequestTimings
-from cyserve.fastpath.sampler import rows_logprobs, sample, seed_state
+from cyserve.fastpath import sampler as host_sampler
+from cyserve.fastpath.sampler import seed_state
 from cyserve.fastpath.scheduler import Scheduler
 from cyserve.fastpath.sequence import Sequence
 from cyserve.fastpath.tokenizer import Tokenizer
@@ -34,6 +36,7 @@ log = structlog.get_logger("cyserve.engine")
 
 DEFAULT_KV_CACHE_BYTES_CAP = 1 << 30
 DEFAULT_KV_MEMORY_FRACTION = 4  # by default the cache takes at most 1/4 of the memory available
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,15 @@ class EngineConfig:
     model_path: str
     num_threads: int = 0  # 0 = the cores this process may use (affinity mask, cgroup quota)
     block_size: int = 16
-    kv_cache_bytes: int = 0  # 0 = see default_kv_cache_bytes()
+    kv_cache_bytes: int = 0  # 0 = see default_kv_cache_bytes() (CPU), gpu_kv_cache_bytes() (GPU)
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512  # tokens per step: decodes first, then chunks of prefills
     max_model_len: int = 0  # 0 = the model's context length, capped by the KV cache
     enable_prefix_caching: bool = True
     device: str = "auto"  # one of DEVICES; auto = cuda when torch sees a GPU and the extension is built
+    # On a GPU: the share of the device's memory that may be in use (by anyone) once the KV cache
+    # is allocated, as vLLM's --gpu-memory-utilization; ignored when kv_cache_bytes is set.
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
 
 
 @dataclass(frozen=True)
@@ -84,36 +90,24 @@ class EngineStats:
     block_size: int = 16
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as fh:
-            text = fh.read().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def available_memory_bytes() -> int:
-    """Memory this process can still use: MemAvailable, or less under a cgroup v2 limit (a pod)."""
-    avail = 4 << 30
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    limit = _read_int("/sys/fs/cgroup/memory.max")
-    used = _read_int("/sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        avail = min(avail, max(limit - used, 0))
-    return avail
+def _full_contexts_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:
+    """The most KV cache the engine can use: max_num_seqs sequences at full length."""
+    return cfg.max_num_seqs * (cfg.max_model_len or context_length) * bytes_per_token
 
 
 def default_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:
     """A quarter of the available memory, at most 1 GiB, and no more than max_num_seqs full contexts."""
-    want = cfg.max_num_seqs * (cfg.max_model_len or context_length) * bytes_per_token
+    want = _full_contexts_bytes(cfg, bytes_per_token, context_length)
     return max(min(DEFAULT_KV_CACHE_BYTES_CAP, available_memory_bytes() // DEFAULT_KV_MEMORY_FRACTION, want), 1)
+
+
+def gpu_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int, free: int, total: int,
+                       step_bytes: int) -> int:
+    """The GPU's KV budget: what keeps the device's memory in use (weights, other processes,
+    everything `free` already excludes) under gpu_memory_utilization once one full-size step's
+    activations (`step_bytes`) are also in; no more than max_num_seqs full contexts; 0 if none fits."""
+    headroom = int(total * cfg.gpu_memory_utilization) - (total - free) - step_bytes
+    return max(min(_full_contexts_bytes(cfg, bytes_per_token, context_length), headroom), 0)
 
 
 class _Subscriber:
@@ -139,12 +133,11 @@ class Engine:
             self.device = select_device(config.device)
         except (CudaUnavailableError, ValueError) as exc:
             raise ModelLoadError(model.path, str(exc)) from exc
-        num_blocks = self._size_kv_cache()
         self.block_size = config.block_size
+        num_blocks = self._make_runner()
         self.allocator = BlockAllocator(num_blocks, config.block_size, config.enable_prefix_caching)
         self.kv = KVCacheManager(self.allocator)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = self._make_runner(num_blocks)
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
                                                    tokenizer.token_to_id("<|eot_id|>")) if t is not None)
         self.model_info = self._model_info()
@@ -155,18 +148,31 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def _size_kv_cache(self) -> int:
-        """Blocks from the byte budget; sets max_model_len (never above what the cache holds)."""
-        cfg, model = self.config, self.model
+    def _check_sizes(self) -> None:
+        cfg = self.config
         if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
-            raise ModelLoadError(model.path, "block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+            raise ModelLoadError(self.model.path, "block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
+            raise ModelLoadError(self.model.path, f"gpu_memory_utilization={cfg.gpu_memory_utilization} must be "
+                                 "in (0, 1]: the share of the GPU's memory cyserve may fill")
+
+    def _size_kv_cache(self, device_budget=None) -> int:
+        """Blocks from the byte budget; sets max_model_len (never above what the cache holds).
+        device_budget(bytes_per_token, context_length) -> (bytes, why) replaces the host-memory
+        default (the GPU's free memory) when kv_cache_bytes is not given."""
+        cfg, model = self.config, self.model
         block_bytes = ModelRunner.kv_bytes_per_block(model, cfg.block_size)
         ctx = model.config.context_length
-        budget = cfg.kv_cache_bytes or default_kv_cache_bytes(cfg, block_bytes // cfg.block_size, ctx)
+        if cfg.kv_cache_bytes:
+            budget, why = cfg.kv_cache_bytes, "raise --kv-cache-bytes"
+        elif device_budget is not None:
+            budget, why = device_budget(block_bytes // cfg.block_size, ctx)
+        else:
+            budget, why = default_kv_cache_bytes(cfg, block_bytes // cfg.block_size, ctx), "raise --kv-cache-bytes"
         num_blocks = budget // block_bytes
         if num_blocks < 1:
             raise ModelLoadError(model.path, f"kv_cache_bytes={budget} is less than one KV block "
-                                 f"({block_bytes} bytes): raise --kv-cache-bytes")
+                                 f"({block_bytes} bytes): {why}")
         capacity = num_blocks * cfg.block_size
         if cfg.max_model_len > ctx:
             raise ModelLoadError(model.path, f"max_model_len={cfg.max_model_len} exceeds the model's context "
@@ -182,16 +188,47 @@ class Engine:
                  max_num_batched_tokens=cfg.max_num_batched_tokens)
         return num_blocks
 
-    def _make_runner(self, num_blocks: int):
-        """The CPU kernels' runner, or the torch runner on the GPU: same interface, same block ids."""
+    def _make_runner(self) -> int:
+        """Sets the runner and its sampler and returns the KV cache's blocks: the CPU kernels'
+        runner with the host sampler, or the torch runner with the device sampler on the GPU, whose
+        cache is sized from the device memory left after its weights. Same interface, same block ids."""
+        self._check_sizes()
+        cfg = self.config
         log.info("device", device=self.device)
         if self.device == "cpu":
+            num_blocks = self._size_kv_cache()
             # the work buffers are sized for the step's token budget once, never grown mid-run
-            return ModelRunner(self.model, num_blocks, self.config.block_size,
-                               max_num_tokens=self.config.max_num_batched_tokens)
-        from cyserve.fastpath.torch_runner import TorchModelRunner  # imports torch: GPU deployments only
+            self.runner = ModelRunner(self.model, num_blocks, cfg.block_size, max_num_tokens=cfg.max_num_batched_tokens)
+            self.sampler = host_sampler
+            return num_blocks
+        return self._make_torch_runner(self.device)
 
-        return TorchModelRunner(self.model, num_blocks, self.config.block_size, device=self.device)
+    def _make_torch_runner(self, device: str) -> int:
+        """The GPU path (on any torch device): weights first, then a step measured, then the KV
+        cache in what is left."""
+        # torch is imported here only: GPU deployments
+        from cyserve.fastpath.device_sampler import DeviceSampler
+        from cyserve.fastpath.torch_runner import TorchModelRunner
+
+        runner = TorchModelRunner(self.model, 0, self.config.block_size, device=device)
+        self.runner, self.sampler = runner, DeviceSampler(runner.device)
+        num_blocks = self._size_kv_cache(self._gpu_budget)
+        runner.allocate_kv_cache(num_blocks)
+        return num_blocks
+
+    def _gpu_budget(self, bytes_per_token: int, context_length: int) -> tuple[int, str]:
+        """gpu_kv_cache_bytes() from a measured full-size step and the device's free memory now."""
+        cfg = self.config
+        step = self.runner.measure_step_bytes(cfg.max_num_batched_tokens, cfg.max_num_batched_tokens)
+        step += self.sampler.workspace_bytes(cfg.max_num_seqs, self.model.config.vocab_size)
+        free, total = self.runner.device_memory()
+        budget = gpu_kv_cache_bytes(cfg, bytes_per_token, context_length, free, total, step)
+        log.info("gpu_memory", free=free, total=total, step_bytes=step, kv_budget=budget,
+                 gpu_memory_utilization=cfg.gpu_memory_utilization)
+        why = (f"the GPU has {free >> 20} MiB free of {total >> 20} MiB and a step needs {step >> 20} MiB; "
+               f"raise --gpu-memory-utilization (now {cfg.gpu_memory_utilization}), free the GPU, "
+               "or lower --max-num-batched-tokens")
+        return budget, why
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
@@ -251,6 +288,9 @@ class Engine:
         bad = next((t for t in req.prompt_token_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError("prompt_token_ids", f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
+        bad = next((t for t, _ in req.sampling.logit_bias if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError("sampling.logit_bias", f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
         if n >= self.max_model_len:
             raise InvalidRequestError(
                 "prompt", f"is {n} tokens; this server's limit is {self.max_model_len} tokens "
@@ -343,12 +383,14 @@ class Engine:
             return
         items = [(s.token_ids, s.num_computed_tokens, s.num_scheduled_tokens, s.block_ids, self._logit_rows(s))
                  for s in out.scheduled]
+        logprobs: list = []  # per sampled row: None or (logprob, top alternatives)
         try:
             inputs = build_inputs(items, self.block_size)
             logits = self.runner.forward(inputs)
             if any(item[4] == LogitRows.ALL for item in items):
                 logits = self._score_prompts(out.scheduled, items, inputs.logits_start_loc, logits)
-        except Exception as exc:  # a kernel rejected the batch: fail it, keep serving
+            tokens = self.sampler.sample(logits, out.sampling, self.eos_token_ids, logprobs)
+        except Exception as exc:  # a kernel rejected the batch, or the device ran out of memory: fail it, keep serving
             log.exception("forward_failed", num_seqs=len(items))
             for seq in out.scheduled:
                 self.scheduler.finish(seq)
@@ -356,8 +398,6 @@ class Engine:
             return
         self.scheduler.update(out)
         now = time.monotonic()
-        logprobs: list = []  # per sampled row: None or (logprob, top alternatives)
-        tokens = sample(logits, out.sampling, self.eos_token_ids, logprobs)
         for seq, token, token_logprobs in zip(out.sampling, tokens, logprobs):
             seq.token_ids.append(token)
             sub = self._subscribers.get(seq.request_id)
@@ -405,8 +445,8 @@ class Engine:
             if last <= first:
                 continue
             targets = seq.token_ids[first + 1:last + 1]
-            lp, top_ids, top_lp = rows_logprobs(logits[lo + first - start:lo + last - start], targets,
-                                                seq.request.sampling.prompt_logprobs)
+            lp, top_ids, top_lp = self.sampler.rows_logprobs(logits[lo + first - start:lo + last - start], targets,
+                                                             seq.request.sampling.prompt_logprobs)
             acc.token_ids.extend(targets)
             acc.logprobs.extend(lp.tolist())
             acc.top_ids.extend(top_ids.tolist())

@@ -74,14 +74,30 @@ cdef long _sample_row(object row, double temperature, int top_k, double top_p, d
     return int(cand[pick])
 
 
+def draw_uniform(seq) -> float:
+    """The next number in [0, 1) of the sequence's generator, advancing its state: the one draw
+    `sample` makes per non-greedy token, for a sampler that picks the token elsewhere (the GPU's)
+    from the same stream, so a seed means the same draws on every device."""
+    cdef uint64_t state = seq.rng_state
+    cdef double u = uniform01(&state)
+    seq.rng_state = state
+    return u
+
+
+def masked_tokens(seq, eos_token_ids=()) -> tuple:
+    """Token ids this sequence may not sample yet: its stop tokens and (unless ignore_eos) EOS,
+    until it has min_tokens outputs."""
+    stopping = seq.request.stopping
+    if seq.num_output_tokens >= stopping.min_tokens:
+        return ()
+    return tuple(stopping.stop_token_ids) + (() if stopping.ignore_eos else tuple(eos_token_ids))
+
+
 def processed_row(object row, seq, eos_token_ids=()):
     """The logits row after penalties, bias and min_tokens masking; `row` itself when nothing
     applies (so the common path copies nothing)."""
     params = seq.request.sampling
-    stopping = seq.request.stopping
-    mask = ()
-    if seq.num_output_tokens < stopping.min_tokens:
-        mask = tuple(stopping.stop_token_ids) + (() if stopping.ignore_eos else tuple(eos_token_ids))
+    mask = masked_tokens(seq, eos_token_ids)
     if not params.needs_processing and not mask:
         return row
     row = np.array(row, dtype=np.float32)  # [vocab], a private copy

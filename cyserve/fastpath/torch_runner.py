@@ -4,6 +4,11 @@ Same interface as `ModelRunner` (`forward(BatchInputs) -> f32[R, vocab]`, `kv_by
 the engine, scheduler, block allocator, block tables and slot mapping are shared unchanged. What
 differs is where things live:
 
+* the logits stay on the device (a torch tensor): `device_sampler.DeviceSampler` picks the tokens
+  there, so only token ids cross to the host each step;
+* the KV cache is allocated after the weights (`allocate_kv_cache`), so the engine can size it
+  from the device memory left once the weights and one full-size step (`measure_step_bytes`) are in;
+
 * weights are dequantized once at load (by our CPU `dequantize` kernel) to fp16 on the device; Q, K
   and V are fused into one matrix, as are gate and up, so a layer is four cuBLAS matmuls;
 * K/V caches are fp16 torch tensors `[num_blocks, num_kv_heads, block_size, head_dim]` per layer;
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cyserve.fastpath.gguf_model import GGUFModel, Weight, WeightType
-from cyserve.fastpath.model_runner import BatchInputs, ModelRunner
+from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs
 
 OP_NAMES = ("reshape_and_cache", "paged_attention", "fused_add_rms_norm", "rope", "silu_mul", "dequant_gemv")
 GEMV_WTYPES = (WeightType.Q4_0, WeightType.Q4_1, WeightType.Q8_0)
@@ -70,7 +75,8 @@ class TorchModelRunner:
     def __init__(self, model: GGUFModel, num_blocks: int, block_size: int, device: str = "cuda",
                  dtype: torch.dtype | None = None, ops: SimpleNamespace | None = None,
                  use_gemv: bool = False) -> None:
-        """`dtype` (activations and weights): fp16 on a GPU, the CUDA kernels' dtype; float32 on
+        """`num_blocks` 0 loads the weights only: call `allocate_kv_cache` before `forward`.
+        `dtype` (activations and weights): fp16 on a GPU, the CUDA kernels' dtype; float32 on
         other devices, where torch's fp16 matmuls are slow. `use_gemv` also keeps the raw quantized
         rows on the device and sends batches of <= 8 tokens through the dequantizing GEMV."""
         cfg = model.config
@@ -97,13 +103,66 @@ class TorchModelRunner:
             for layer in model.layers
         ]
         self.output_norm = vec(model.output_norm)
-        shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim)
-        self.k_caches = [torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(cfg.num_layers)]
-        self.v_caches = [torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(cfg.num_layers)]
+        self.k_caches: list[torch.Tensor] = []
+        self.v_caches: list[torch.Tensor] = []
+        if num_blocks:
+            self.allocate_kv_cache(num_blocks)
 
     @staticmethod
     def kv_bytes_per_block(model: GGUFModel, block_size: int) -> int:
         return ModelRunner.kv_bytes_per_block(model, block_size)  # same fp16 layout on both devices
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k_caches[0].shape[0] if self.k_caches else 0
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Zeroed K and V caches of num_blocks blocks per layer (replacing any before)."""
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        cfg = self.cfg
+        self.k_caches, self.v_caches = [], []  # drop the old ones before the new ones take memory
+        shape = (num_blocks, cfg.num_kv_heads, self.block_size, cfg.head_dim)
+        for caches in (self.k_caches, self.v_caches):
+            caches.extend(torch.zeros(shape, dtype=torch.float16, device=self.device) for _ in range(cfg.num_layers))
+
+    def measure_step_bytes(self, num_tokens: int, num_logit_rows: int) -> int:
+        """Device memory one step of num_tokens prompt tokens (logits for the last num_logit_rows)
+        takes beyond the weights and the KV cache: its activations, measured by running it on a
+        scratch cache, before `allocate_kv_cache`. 0 off CUDA, where nothing is measured."""
+        if self.k_caches:
+            raise RuntimeError("measure_step_bytes runs before allocate_kv_cache (it uses a scratch cache)")
+        num_tokens = max(num_tokens, 1)
+        blocks = list(range(-(-num_tokens // self.block_size)))
+        ids = [i % self.cfg.vocab_size for i in range(num_tokens)]
+        inputs = build_inputs([(ids, 0, num_tokens, blocks, True)], self.block_size)
+        rows = min(max(num_logit_rows, 1), num_tokens)
+        inputs.logits_indices = np.arange(num_tokens - rows, num_tokens, dtype=np.int64)
+        on_gpu = self.device.type == "cuda"
+        self.allocate_kv_cache(len(blocks))
+        try:
+            if on_gpu:
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+            self.forward(inputs)
+            if not on_gpu:
+                return 0
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device) - base)
+        finally:
+            self.k_caches, self.v_caches = [], []
+            if on_gpu:
+                torch.cuda.empty_cache()
+
+    def device_memory(self) -> tuple[int, int]:
+        """(free, total) bytes of this runner's GPU as the driver counts them (all processes); of
+        the host's memory on the CPU device."""
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)
+        from cyserve.fastpath.host_memory import available_memory_bytes, total_memory_bytes
+
+        return available_memory_bytes(), total_memory_bytes()
 
     def _linear(self, x: torch.Tensor, lin: _Linear) -> torch.Tensor:
         if lin.raw is not None and x.shape[0] <= GEMV_MAX_TOKENS:
@@ -125,8 +184,10 @@ class TorchModelRunner:
         return views
 
     @torch.inference_mode()
-    def forward(self, inputs: BatchInputs) -> np.ndarray:
-        """Logits f32[R, vocab] (on the host) for the rows in inputs.logits_indices."""
+    def forward(self, inputs: BatchInputs) -> torch.Tensor:
+        """Logits f32[R, vocab], on the device, for the rows in inputs.logits_indices."""
+        if not self.k_caches:
+            raise RuntimeError("no KV cache: call allocate_kv_cache(num_blocks) first")
         cfg, ops = self.cfg, self.ops
         (token_ids, positions, slot_mapping, block_tables, query_start_loc, context_lens,
          logits_indices) = self._to_device(inputs)
@@ -153,4 +214,4 @@ class TorchModelRunner:
         last = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
         ops.fused_add_rms_norm(h, delta, self.output_norm, cfg.rms_norm_eps, last)
         logits = F.linear(last[logits_indices], self.output)                       # [R, vocab]
-        return logits.float().cpu().numpy()
+        return logits.float()

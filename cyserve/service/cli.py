@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len,
             prefix_caching=args.prefix_caching,
             device=args.device,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             grace_s=args.grace,
             metrics_port=args.metrics_port,
             trace_content=args.trace_content,
@@ -282,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
         "--device", choices=("auto", "cpu", "cuda"),
         help="where the model runs: cuda needs a GPU, torch with CUDA and the built extension (docs/cuda.md); "
         f"auto takes cuda when all are there {_env_help('device', 'auto')}",
+    )
+    serve.add_argument(
+        "--gpu-memory-utilization", type=float, metavar="FRACTION",
+        help="on a GPU without --kv-cache-bytes: the KV cache takes what keeps the device's memory in use "
+        f"(by anyone) under this share, after one full-size step {_env_help('gpu_memory_utilization', '0.9')}",
     )
     serve.add_argument(
         "--grace", type=float, metavar="SECONDS",

@@ -86,6 +86,7 @@ class ServerConfig:
     max_model_len: int | None = None  # longest prompt + output served; None = model and KV cache decide
     prefix_caching: bool | None = None  # automatic prefix caching; None = the engine's default (on)
     device: str | None = None  # auto | cpu | cuda; None = the engine's default (auto)
+    gpu_memory_utilization: float | None = None  # GPU share in use once the KV cache is in; None = 0.9
     grace_s: float = 10.0  # how long in-flight calls may finish after SIGTERM/SIGINT
     metrics_port: int = DEFAULT_METRICS_PORT  # Prometheus /metrics on host:metrics_port; 0 = off
     trace_content: bool = False  # put prompt and output text in trace spans (opt-in: it is data)
@@ -123,6 +124,7 @@ class ServerConfig:
             "max_model_len": self.max_model_len,
             "enable_prefix_caching": self.prefix_caching,
             "device": self.device,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
         }
         return EngineConfig(
             model_path=self.resolved_model_path(),
@@ -163,6 +165,8 @@ class ServerConfig:
 
             if self.device not in DEVICES:
                 raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if not 0 <= self.metrics_port <= 65535:
@@ -183,6 +187,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "max_model_len": ("CYSERVE_MAX_MODEL_LEN", int),
     "prefix_caching": ("CYSERVE_PREFIX_CACHING", parse_bool),
     "device": ("CYSERVE_DEVICE", str),
+    "gpu_memory_utilization": ("CYSERVE_GPU_MEMORY_UTILIZATION", float),
     "grace_s": ("CYSERVE_GRACE_S", float),
     "metrics_port": ("CYSERVE_METRICS_PORT", int),
     "trace_content": ("CYSERVE_TRACE_CONTENT", parse_bool),

@@ -52,8 +52,11 @@ def all_rows(inputs: BatchInputs) -> BatchInputs:
     return inputs
 
 
-def assert_logits_close(ours: np.ndarray, ref: np.ndarray, atol: float) -> None:
-    """Max |diff| under atol, and the same argmax wherever the reference's top-2 margin exceeds it."""
+def assert_logits_close(ours, ref: np.ndarray, atol: float) -> None:
+    """Max |diff| under atol, and the same argmax wherever the reference's top-2 margin exceeds it.
+    `ours` may be a torch tensor on any device (the torch runner's logits stay where computed)."""
+    if not isinstance(ours, np.ndarray):
+        ours = ours.cpu().numpy()
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     assert np.isfinite(ours).all()
     diff = float(np.abs(ours - ref).max())

@@ -29,32 +29,56 @@ def test_gpu_logits_match_cpu_path(gguf_model, use_gemv):
         assert_logits_close(gpu.forward(all_rows(step)), cpu.forward(all_rows(step)), LOGIT_ATOL_FP16)
 
 
-def gguf_vocab(eng) -> int:
-    return eng.model.config.vocab_size
+def test_device_sampler_on_gpu_picks_what_the_host_sampler_picks():
+    """float64 on the GPU: the CPU sampler's arithmetic, so the same tokens and generator states."""
+    import numpy as np
+
+    from cyserve.fastpath import sampler as host
+    from cyserve.fastpath.device_sampler import DeviceSampler
+    from test_device_sampler import EOS, batch, twin
+
+    for step in range(4):
+        seqs, logits = batch(np.random.default_rng(step), 40)
+        theirs = twin(seqs)
+        want = host.sample(logits, theirs, (EOS,))
+        got = DeviceSampler("cuda", torch.float64).sample(torch.from_numpy(logits).cuda(), seqs, (EOS,))
+        assert got == want
+        assert [s.rng_state for s in seqs] == [s.rng_state for s in theirs]
 
 
-def test_engine_generates_on_cuda(model_path):
+def test_engine_generates_on_cuda_with_the_kv_cache_sized_from_the_gpu(model_path):
     import asyncio
 
     from cyserve.fastpath.engine import Engine, EngineConfig
+    from cyserve.fastpath.device_sampler import DeviceSampler
+    from cyserve.fastpath.model_runner import build_inputs
     from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
 
-    eng = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=64 << 20, device="cuda"))
+    cfg = EngineConfig(model_path=model_path, device="cuda", max_num_seqs=8, max_model_len=2048)
+    eng = Engine.from_config(cfg)  # no kv_cache_bytes: sized from torch.cuda.mem_get_info
     assert eng.device == "cuda" and isinstance(eng.runner, TorchModelRunner)
+    assert isinstance(eng.sampler, DeviceSampler)
+    # a lent GPU has far more free memory than 8 contexts of 2048 tokens need (377 MB): the need binds
+    assert eng.allocator.num_blocks == 8 * 2048 // eng.block_size
+    free, total = torch.cuda.mem_get_info()
+    assert total - free <= 0.9 * total
     eng.start()
     try:
         ids = eng.tokenizer.encode("The capital of France is")
-
         req = EngineRequest("cuda-test", ids, sampling=SamplingParams(temperature=0.0),
                             stopping=StoppingParams(max_tokens=8, ignore_eos=True))
 
         async def run() -> list[int]:
-            tokens: list[int] = []
-            async for out in eng.generate(req):
-                tokens.extend(out.new_token_ids)
-            return tokens
+            return [t async for out in eng.generate(req) for t in out.new_token_ids]
 
         tokens = asyncio.run(run())
-        assert len(tokens) == 8 and all(0 <= t < gguf_vocab(eng) for t in tokens)
+        runner, seq, want = eng.runner, list(ids), []
+        blocks = list(range(eng.allocator.num_blocks - 2, eng.allocator.num_blocks))  # unused by now
+        for _ in range(8):  # a plain greedy loop over the same runner
+            logits = runner.forward(build_inputs([(seq, 0, len(seq), blocks, True)], eng.block_size))
+            want.append(int(torch.argmax(logits[0])))
+            seq.append(want[-1])
+        assert tokens == want
+        assert eng.stats().num_used_blocks == 0
     finally:
         eng.stop()

@@ -31,6 +31,28 @@ void check_contiguous(const torch::Tensor &t, const char *name) {
     TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
 }
 
+// check_tensor, and packed: the kernel indexes it as one dense array.
+void check_dense(const torch::Tensor &t, const char *name, at::ScalarType dtype, int64_t dim,
+                 const torch::Device &device) {
+    check_tensor(t, name, dtype, dim, device);
+    check_contiguous(t, name);
+}
+
+// The device every other argument must be on: the one `t` (named `name`) is on, a CUDA device.
+torch::Device cuda_device_of(const torch::Tensor &t, const char *name) {
+    TORCH_CHECK_VALUE(t.device().is_cuda(), name, " must be a CUDA tensor");
+    return t.device();
+}
+
+// The paged caches: fp16 [num_blocks, num_kv_heads, block_size, head_dim], one shape, one device.
+torch::Device check_kv_caches(const torch::Tensor &k_cache, const torch::Tensor &v_cache) {
+    const auto dev = cuda_device_of(k_cache, "k_cache");
+    check_dense(k_cache, "k_cache", at::kHalf, 4, dev);
+    check_dense(v_cache, "v_cache", at::kHalf, 4, dev);
+    TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
+    return dev;
+}
+
 void raise_on(int rc, const char *op) {
     TORCH_CHECK(rc == CYS_CUDA_OK, "cyserve CUDA ", op, ": ", cys_cuda_strerror(rc));
 }
@@ -41,20 +63,13 @@ cudaStream_t stream_of(const torch::Tensor &t) { return c10::cuda::getCurrentCUD
 
 void reshape_and_cache(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch::Tensor v_cache,
                        torch::Tensor slot_mapping) {
-    const auto dev = k_cache.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "k_cache must be a CUDA tensor");
-    check_tensor(k_cache, "k_cache", at::kHalf, 4, dev);
-    check_tensor(v_cache, "v_cache", at::kHalf, 4, dev);
-    check_contiguous(k_cache, "k_cache");
-    check_contiguous(v_cache, "v_cache");
-    TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
+    const auto dev = check_kv_caches(k_cache, v_cache);
     const int64_t nb = k_cache.size(0), hkv = k_cache.size(1), bs = k_cache.size(2), dh = k_cache.size(3);
     check_tensor(k, "k", at::kHalf, 2, dev);
     check_tensor(v, "v", at::kHalf, 2, dev);
     check_rows(k, "k");
     check_rows(v, "v");
-    check_tensor(slot_mapping, "slot_mapping", at::kInt, 1, dev);
-    check_contiguous(slot_mapping, "slot_mapping");
+    check_dense(slot_mapping, "slot_mapping", at::kInt, 1, dev);
     const int64_t T = slot_mapping.size(0);
     TORCH_CHECK_VALUE(k.size(0) == T && v.size(0) == T, "k, v and slot_mapping must have the same length");
     TORCH_CHECK_VALUE(k.size(1) == hkv * dh && v.size(1) == hkv * dh, "k and v must be [T, ", hkv * dh, "]");
@@ -68,28 +83,18 @@ void reshape_and_cache(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, 
 void paged_attention(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                      torch::Tensor block_tables, torch::Tensor query_start_loc, torch::Tensor context_lens,
                      double scale) {
-    const auto dev = k_cache.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "k_cache must be a CUDA tensor");
-    check_tensor(k_cache, "k_cache", at::kHalf, 4, dev);
-    check_tensor(v_cache, "v_cache", at::kHalf, 4, dev);
-    check_contiguous(k_cache, "k_cache");
-    check_contiguous(v_cache, "v_cache");
-    TORCH_CHECK_VALUE(k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must have the same shape");
+    const auto dev = check_kv_caches(k_cache, v_cache);
     const int64_t hkv = k_cache.size(1), bs = k_cache.size(2), dh = k_cache.size(3);
     check_tensor(q, "q", at::kHalf, 2, dev);
     check_rows(q, "q");
-    check_tensor(out, "out", at::kHalf, 2, dev);
-    check_contiguous(out, "out");
+    check_dense(out, "out", at::kHalf, 2, dev);
     TORCH_CHECK_VALUE(q.size(1) % dh == 0, "q width ", q.size(1), " is not a multiple of head_dim ", dh);
     const int64_t hq = q.size(1) / dh, T = q.size(0);
     TORCH_CHECK_VALUE(hq % hkv == 0, "query heads ", hq, " must be a multiple of KV heads ", hkv);
     TORCH_CHECK_VALUE(out.size(0) == T && out.size(1) == hq * dh, "out must be [", T, ", ", hq * dh, "]");
-    check_tensor(block_tables, "block_tables", at::kInt, 2, dev);
-    check_tensor(query_start_loc, "query_start_loc", at::kInt, 1, dev);
-    check_tensor(context_lens, "context_lens", at::kInt, 1, dev);
-    check_contiguous(block_tables, "block_tables");
-    check_contiguous(query_start_loc, "query_start_loc");
-    check_contiguous(context_lens, "context_lens");
+    check_dense(block_tables, "block_tables", at::kInt, 2, dev);
+    check_dense(query_start_loc, "query_start_loc", at::kInt, 1, dev);
+    check_dense(context_lens, "context_lens", at::kInt, 1, dev);
     const int64_t S = context_lens.size(0);
     TORCH_CHECK_VALUE(S >= 1 && query_start_loc.size(0) == S + 1 && block_tables.size(0) == S,
                       "need S >= 1 sequences with query_start_loc [S+1] and block_tables [S, max_blocks]");
@@ -104,21 +109,16 @@ void paged_attention(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, 
 
 void fused_add_rms_norm(torch::Tensor residual, std::optional<torch::Tensor> delta, torch::Tensor weight,
                         double eps, torch::Tensor out) {
-    const auto dev = residual.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "residual must be a CUDA tensor");
-    check_tensor(residual, "residual", at::kFloat, 2, dev);
-    check_contiguous(residual, "residual");
+    const auto dev = cuda_device_of(residual, "residual");
+    check_dense(residual, "residual", at::kFloat, 2, dev);
     const int64_t T = residual.size(0), H = residual.size(1);
     if (delta.has_value()) {
-        check_tensor(*delta, "delta", at::kHalf, 2, dev);
-        check_contiguous(*delta, "delta");
+        check_dense(*delta, "delta", at::kHalf, 2, dev);
         TORCH_CHECK_VALUE(delta->sizes() == residual.sizes(), "delta must have residual's shape");
     }
-    check_tensor(weight, "weight", at::kFloat, 1, dev);
-    check_contiguous(weight, "weight");
+    check_dense(weight, "weight", at::kFloat, 1, dev);
     TORCH_CHECK_VALUE(weight.size(0) == H, "weight must be [", H, "]");
-    check_tensor(out, "out", at::kHalf, 2, dev);
-    check_contiguous(out, "out");
+    check_dense(out, "out", at::kHalf, 2, dev);
     TORCH_CHECK_VALUE(out.sizes() == residual.sizes(), "out must have residual's shape");
     const c10::cuda::CUDAGuard guard(dev);
     raise_on(cys_cuda_fused_add_rms_norm(residual.data_ptr<float>(), delta ? delta->data_ptr() : nullptr,
@@ -128,14 +128,12 @@ void fused_add_rms_norm(torch::Tensor residual, std::optional<torch::Tensor> del
 }
 
 void rope(torch::Tensor q, torch::Tensor k, torch::Tensor positions, int64_t head_dim, double theta, bool neox) {
-    const auto dev = q.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "q must be a CUDA tensor");
+    const auto dev = cuda_device_of(q, "q");
     check_tensor(q, "q", at::kHalf, 2, dev);
     check_tensor(k, "k", at::kHalf, 2, dev);
     check_rows(q, "q");
     check_rows(k, "k");
-    check_tensor(positions, "positions", at::kInt, 1, dev);
-    check_contiguous(positions, "positions");
+    check_dense(positions, "positions", at::kInt, 1, dev);
     const int64_t T = positions.size(0);
     TORCH_CHECK_VALUE(head_dim > 0 && q.size(1) % head_dim == 0 && k.size(1) % head_dim == 0,
                       "q and k widths must be multiples of head_dim ", head_dim);
@@ -148,12 +146,9 @@ void rope(torch::Tensor q, torch::Tensor k, torch::Tensor positions, int64_t hea
 }
 
 void silu_mul(torch::Tensor out, torch::Tensor gate_up) {
-    const auto dev = gate_up.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "gate_up must be a CUDA tensor");
-    check_tensor(gate_up, "gate_up", at::kHalf, 2, dev);
-    check_tensor(out, "out", at::kHalf, 2, dev);
-    check_contiguous(gate_up, "gate_up");
-    check_contiguous(out, "out");
+    const auto dev = cuda_device_of(gate_up, "gate_up");
+    check_dense(gate_up, "gate_up", at::kHalf, 2, dev);
+    check_dense(out, "out", at::kHalf, 2, dev);
     TORCH_CHECK_VALUE(gate_up.size(1) % 2 == 0 && out.size(0) == gate_up.size(0) &&
                           out.size(1) * 2 == gate_up.size(1),
                       "gate_up must be [T, 2F] and out [T, F]");
@@ -163,14 +158,10 @@ void silu_mul(torch::Tensor out, torch::Tensor gate_up) {
 }
 
 void dequant_gemv(torch::Tensor out, torch::Tensor x, torch::Tensor w, int64_t wtype) {
-    const auto dev = x.device();
-    TORCH_CHECK_VALUE(dev.is_cuda(), "x must be a CUDA tensor");
-    check_tensor(x, "x", at::kHalf, 2, dev);
-    check_tensor(w, "w", at::kByte, 2, dev);
-    check_tensor(out, "out", at::kHalf, 2, dev);
-    check_contiguous(x, "x");
-    check_contiguous(w, "w");
-    check_contiguous(out, "out");
+    const auto dev = cuda_device_of(x, "x");
+    check_dense(x, "x", at::kHalf, 2, dev);
+    check_dense(w, "w", at::kByte, 2, dev);
+    check_dense(out, "out", at::kHalf, 2, dev);
     const int64_t T = x.size(0), K = x.size(1), N = w.size(0);
     TORCH_CHECK_VALUE(T <= 8, "dequant_gemv takes at most 8 rows (got ", T, "): use a matmul for more");
     TORCH_CHECK_VALUE(K % 32 == 0, "K=", K, " must be a multiple of 32");
