@@ -20,13 +20,7 @@ from runner_steps import BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, 
 LOGIT_ATOL = 2e-2
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's OpenMP pool and the CPU kernels' pool spin against each other on a small machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,10 @@ void check_tensor(const torch::Tensor &t, const char *name, at::ScalarType dtype
     TORCH_CHECK_VALUE(t.dim() == dim, name, " must have ", dim, " dimensions, not ", t.dim());
 }
 
-// Rows may be a column slice of a wider matrix (q/k/v of one QKV matmul): inner stride 1 only.
-void check_rows(const torch::Tensor &t, const char *name) {
+// An fp16 [T, width] matrix whose rows may be a column slice of a wider one (q/k/v of one QKV
+// matmul): inner stride 1 only.
+void check_half_rows(const torch::Tensor &t, const char *name, const torch::Device &device) {
+    check_tensor(t, name, at::kHalf, 2, device);
     TORCH_CHECK_VALUE(t.stride(1) == 1, name, " rows must be contiguous (stride(1) == 1)");
 }
 
@@ -65,10 +67,8 @@ void reshape_and_cache(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, 
                        torch::Tensor slot_mapping) {
     const auto dev = check_kv_caches(k_cache, v_cache);
     const int64_t nb = k_cache.size(0), hkv = k_cache.size(1), bs = k_cache.size(2), dh = k_cache.size(3);
-    check_tensor(k, "k", at::kHalf, 2, dev);
-    check_tensor(v, "v", at::kHalf, 2, dev);
-    check_rows(k, "k");
-    check_rows(v, "v");
+    check_half_rows(k, "k", dev);
+    check_half_rows(v, "v", dev);
     check_dense(slot_mapping, "slot_mapping", at::kInt, 1, dev);
     const int64_t T = slot_mapping.size(0);
     TORCH_CHECK_VALUE(k.size(0) == T && v.size(0) == T, "k, v and slot_mapping must have the same length");
@@ -85,8 +85,7 @@ void paged_attention(torch::Tensor out, torch::Tensor q, torch::Tensor k_cache, 
                      double scale) {
     const auto dev = check_kv_caches(k_cache, v_cache);
     const int64_t hkv = k_cache.size(1), bs = k_cache.size(2), dh = k_cache.size(3);
-    check_tensor(q, "q", at::kHalf, 2, dev);
-    check_rows(q, "q");
+    check_half_rows(q, "q", dev);
     check_dense(out, "out", at::kHalf, 2, dev);
     TORCH_CHECK_VALUE(q.size(1) % dh == 0, "q width ", q.size(1), " is not a multiple of head_dim ", dh);
     const int64_t hq = q.size(1) / dh, T = q.size(0);
@@ -129,10 +128,8 @@ void fused_add_rms_norm(torch::Tensor residual, std::optional<torch::Tensor> del
 
 void rope(torch::Tensor q, torch::Tensor k, torch::Tensor positions, int64_t head_dim, double theta, bool neox) {
     const auto dev = cuda_device_of(q, "q");
-    check_tensor(q, "q", at::kHalf, 2, dev);
-    check_tensor(k, "k", at::kHalf, 2, dev);
-    check_rows(q, "q");
-    check_rows(k, "k");
+    check_half_rows(q, "q", dev);
+    check_half_rows(k, "k", dev);
     check_dense(positions, "positions", at::kInt, 1, dev);
     const int64_t T = positions.size(0);
     TORCH_CHECK_VALUE(head_dim > 0 && q.size(1) % head_dim == 0 && k.size(1) % head_dim == 0,
