@@ -2,12 +2,12 @@
 
 1. runner decode tokens/s at 1 and 64 streams (one token per sequence per step over a 128-token
    context), linear layers through cuBLAS on fp16 weights vs the fused dequantizing GEMV (which
-   only serves batches of <= 8 rows, so it is timed at 1 stream);
+   only serves batches of <= 8 rows, so it is timed at 1 stream), eager vs CUDA graphs;
 2. runner prefill tokens/s for 512-token prompts;
 3. the device sampler alone: rows/s from [64, vocab] GPU logits to host token ids, greedy and
    top-k/top-p;
 4. engine output tokens/s at 1 and 64 concurrent streams, end to end (scheduler, device sampler,
-   detokenizer included), --device cuda.
+   detokenizer included), --device cuda, without and with --cuda-graphs.
 
     python bench/bench_cuda.py [--steps 64] [--max-tokens 64] [--cpu-baseline]
 
@@ -119,6 +119,11 @@ def main() -> None:
     rows.append(("runner decode, 64 streams, cuBLAS fp16", decode_rate(gpu, 64, args.steps)))
     rows.append((f"runner prefill, {PREFILL_LEN} tokens", prefill_rate(gpu, 8)))
     del gpu
+    graphed = TorchModelRunner(model, nb, BLOCK_SIZE, device="cuda")
+    graphed.capture_decode_graphs(64, (CONTEXT + args.steps + BLOCK_SIZE) // BLOCK_SIZE)
+    rows.append(("runner decode, 1 stream, CUDA graphs", decode_rate(graphed, 1, args.steps)))
+    rows.append(("runner decode, 64 streams, CUDA graphs", decode_rate(graphed, 64, args.steps)))
+    del graphed
     gemv = TorchModelRunner(model, nb, BLOCK_SIZE, device="cuda", use_gemv=True)
     rows.append(("runner decode, 1 stream, dequant GEMV", decode_rate(gemv, 1, args.steps)))
     del gemv
@@ -133,16 +138,17 @@ def main() -> None:
         rows.append((f"CPU runner prefill, {PREFILL_LEN} tokens", prefill_rate(cpu, 1)))
     for name, rate in rows:
         print(f"{name:<56} | {rate:>10.1f}")
-    engine = Engine.from_config(EngineConfig(model_path=default_model_path(), kv_cache_bytes=256 << 20,
-                                             max_num_seqs=64, device="cuda"))
-    engine.start()
-    try:
-        asyncio.run(_engine_round(engine, 1, 4))  # warm
-        for n in (1, 64):
-            print(f"{f'engine output, {n} streams, {args.max_tokens} tokens each':<56} | "
-                  f"{asyncio.run(_engine_round(engine, n, args.max_tokens)):>10.1f}")
-    finally:
-        engine.stop()
+    for graphs in (False, True):
+        engine = Engine.from_config(EngineConfig(model_path=default_model_path(), kv_cache_bytes=256 << 20,
+                                                 max_num_seqs=64, device="cuda", cuda_graphs=graphs))
+        engine.start()
+        try:
+            asyncio.run(_engine_round(engine, 1, 4))  # warm
+            for n in (1, 64):
+                what = f"engine output, {n} streams, {args.max_tokens} tokens each{', CUDA graphs' if graphs else ''}"
+                print(f"{what:<56} | {asyncio.run(_engine_round(engine, n, args.max_tokens)):>10.1f}")
+        finally:
+            engine.stop()
 
 
 if __name__ == "__main__":

@@ -49,3 +49,12 @@ def test_gpu_memory_utilization_from_flag_and_environment():
     assert ServerConfig.from_env({}).engine_config().gpu_memory_utilization == 0.9
     with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
         ServerConfig.from_env({"CYSERVE_GPU_MEMORY_UTILIZATION": "1.2"})
+
+
+def test_cuda_graphs_from_flag_and_environment():
+    from cyserve.service.cli import _parser
+
+    assert _parser().parse_args(["serve", "--cuda-graphs"]).cuda_graphs is True
+    assert _parser().parse_args(["serve"]).cuda_graphs is None, "unset: the environment may decide"
+    assert ServerConfig.from_env({"CYSERVE_CUDA_GRAPHS": "true"}).engine_config().cuda_graphs is True
+    assert ServerConfig.from_env({}).engine_config().cuda_graphs is False

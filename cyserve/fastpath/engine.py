@@ -53,6 +53,9 @@ class EngineConfig:
     # On a GPU: the share of the device's memory that may be in use (by anyone) once the KV cache
     # is allocated, as vLLM's --gpu-memory-utilization; ignored when kv_cache_bytes is set.
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    # On a GPU: replay decode steps as CUDA graphs (cuda_graphs.py). Off until a GPU run has
+    # checked them against the eager pass (docs/cuda.md).
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,12 +217,26 @@ class Engine:
         self.runner, self.sampler = runner, DeviceSampler(runner.device)
         num_blocks = self._size_kv_cache(self._gpu_budget)
         runner.allocate_kv_cache(num_blocks)
+        if self.config.cuda_graphs:
+            self._capture_graphs(runner)
         return num_blocks
+
+    def _capture_graphs(self, runner) -> None:
+        cfg = self.config
+        max_blocks = -(-self.max_model_len // cfg.block_size)
+        try:
+            sizes = runner.capture_decode_graphs(cfg.max_num_seqs, max_blocks)
+        except RuntimeError as exc:
+            raise ModelLoadError(self.model.path, f"capturing the decode CUDA graphs failed ({exc}); "
+                                 "serve without --cuda-graphs") from exc
+        log.info("cuda_graphs", batch_sizes=sizes, max_blocks_per_seq=max_blocks)
 
     def _gpu_budget(self, bytes_per_token: int, context_length: int) -> tuple[int, str]:
         """gpu_kv_cache_bytes() from a measured full-size step and the device's free memory now."""
         cfg = self.config
         step = self.runner.measure_step_bytes(cfg.max_num_batched_tokens, cfg.max_num_batched_tokens)
+        if cfg.cuda_graphs:  # the graphs keep a decode step's activations for good, beside the eager steps'
+            step *= 2
         step += self.sampler.workspace_bytes(cfg.max_num_seqs, self.model.config.vocab_size)
         free, total = self.runner.device_memory()
         budget = gpu_kv_cache_bytes(cfg, bytes_per_token, context_length, free, total, step)

@@ -105,6 +105,7 @@ class TorchModelRunner:
         self.output_norm = vec(model.output_norm)
         self.k_caches: list[torch.Tensor] = []
         self.v_caches: list[torch.Tensor] = []
+        self.decode_graphs = None  # cuda_graphs.DecodeGraphs once capture_decode_graphs ran
         if num_blocks:
             self.allocate_kv_cache(num_blocks)
 
@@ -121,6 +122,7 @@ class TorchModelRunner:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         cfg = self.cfg
+        self.decode_graphs = None  # they bind the old cache
         self.k_caches, self.v_caches = [], []  # drop the old ones before the new ones take memory
         shape = (num_blocks, cfg.num_kv_heads, self.block_size, cfg.head_dim)
         for caches in (self.k_caches, self.v_caches):
@@ -183,14 +185,38 @@ class TorchModelRunner:
         views[3] = views[3].view(inputs.block_tables.shape)
         return views
 
+    def capture_decode_graphs(self, max_num_seqs: int, max_blocks_per_seq: int) -> list[int]:
+        """Capture the decode step as CUDA graphs (see cuda_graphs.py): batches of up to
+        max_num_seqs single-token rows then replay a graph instead of launching ~10 kernels per
+        layer from Python. Returns the captured batch sizes. CUDA only; after allocate_kv_cache."""
+        from cyserve.fastpath.cuda_graphs import DecodeGraphs
+
+        if self.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device, not {self.device}")
+        if not self.k_caches:
+            raise RuntimeError("capture_decode_graphs runs after allocate_kv_cache (the graphs bind the cache)")
+        graphs = DecodeGraphs(self._forward_tensors, self.device, max_num_seqs, max_blocks_per_seq)
+        graphs.capture()
+        self.decode_graphs = graphs
+        return graphs.batch_sizes
+
     @torch.inference_mode()
     def forward(self, inputs: BatchInputs) -> torch.Tensor:
         """Logits f32[R, vocab], on the device, for the rows in inputs.logits_indices."""
         if not self.k_caches:
             raise RuntimeError("no KV cache: call allocate_kv_cache(num_blocks) first")
+        if self.decode_graphs is not None:
+            logits = self.decode_graphs.replay(inputs)
+            if logits is not None:
+                return logits
+        return self._forward_tensors(*self._to_device(inputs))
+
+    def _forward_tensors(self, token_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+                         block_tables: torch.Tensor, query_start_loc: torch.Tensor, context_lens: torch.Tensor,
+                         logits_indices: torch.Tensor) -> torch.Tensor:
+        """The pass on device tensors: no host synchronisation and shapes fixed by the inputs', so a
+        CUDA graph can capture it."""
         cfg, ops = self.cfg, self.ops
-        (token_ids, positions, slot_mapping, block_tables, query_start_loc, context_lens,
-         logits_indices) = self._to_device(inputs)
         num_tokens = token_ids.shape[0]
         q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
 

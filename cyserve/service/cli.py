@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
             prefix_caching=args.prefix_caching,
             device=args.device,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            cuda_graphs=args.cuda_graphs,
             grace_s=args.grace,
             metrics_port=args.metrics_port,
             trace_content=args.trace_content,
@@ -288,6 +289,11 @@ def _parser() -> argparse.ArgumentParser:
         "--gpu-memory-utilization", type=float, metavar="FRACTION",
         help="on a GPU without --kv-cache-bytes: the KV cache takes what keeps the device's memory in use "
         f"(by anyone) under this share, after one full-size step {_env_help('gpu_memory_utilization', '0.9')}",
+    )
+    serve.add_argument(
+        "--cuda-graphs", action="store_true", default=None,
+        help="on a GPU, replay decode steps as CUDA graphs (not yet checked on a GPU: docs/cuda.md) "
+        f"{_env_help('cuda_graphs', 'off')}",
     )
     serve.add_argument(
         "--grace", type=float, metavar="SECONDS",

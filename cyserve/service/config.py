@@ -87,6 +87,7 @@ class ServerConfig:
     prefix_caching: bool | None = None  # automatic prefix caching; None = the engine's default (on)
     device: str | None = None  # auto | cpu | cuda; None = the engine's default (auto)
     gpu_memory_utilization: float | None = None  # GPU share in use once the KV cache is in; None = 0.9
+    cuda_graphs: bool | None = None  # replay decode steps as CUDA graphs on a GPU; None = the engine's (off)
     grace_s: float = 10.0  # how long in-flight calls may finish after SIGTERM/SIGINT
     metrics_port: int = DEFAULT_METRICS_PORT  # Prometheus /metrics on host:metrics_port; 0 = off
     trace_content: bool = False  # put prompt and output text in trace spans (opt-in: it is data)
@@ -125,6 +126,7 @@ class ServerConfig:
             "enable_prefix_caching": self.prefix_caching,
             "device": self.device,
             "gpu_memory_utilization": self.gpu_memory_utilization,
+            "cuda_graphs": self.cuda_graphs,
         }
         return EngineConfig(
             model_path=self.resolved_model_path(),
@@ -188,6 +190,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "prefix_caching": ("CYSERVE_PREFIX_CACHING", parse_bool),
     "device": ("CYSERVE_DEVICE", str),
     "gpu_memory_utilization": ("CYSERVE_GPU_MEMORY_UTILIZATION", float),
+    "cuda_graphs": ("CYSERVE_CUDA_GRAPHS", parse_bool),
     "grace_s": ("CYSERVE_GRACE_S", float),
     "metrics_port": ("CYSERVE_METRICS_PORT", int),
     "trace_content": ("CYSERVE_TRACE_CONTENT", parse_bool),

@@ -17,6 +17,7 @@ from cyserve.fastpath.torch_runner import TorchModelRunner  # noqa: E402
 from runner_steps import (  # noqa: E402
     BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, f32_activation_runner, scenario,
 )
+from test_decode_padding import MAX_BLOCKS  # noqa: E402
 
 LOGIT_ATOL_FP16 = 0.5
 
@@ -82,3 +83,44 @@ def test_engine_generates_on_cuda_with_the_kv_cache_sized_from_the_gpu(model_pat
         assert eng.stats().num_used_blocks == 0
     finally:
         eng.stop()
+
+
+def test_decode_graphs_replay_the_eager_pass(gguf_model):
+    eager = TorchModelRunner(gguf_model, NUM_BLOCKS, BLOCK_SIZE, device="cuda")
+    graphed = TorchModelRunner(gguf_model, NUM_BLOCKS, BLOCK_SIZE, device="cuda")
+    assert graphed.capture_decode_graphs(8, MAX_BLOCKS) == [1, 2, 4, 8]
+    for step in scenario():  # two prefill steps (eager), then three decode steps (replayed)
+        torch.testing.assert_close(graphed.forward(step), eager.forward(step), atol=5e-2, rtol=0)
+    assert graphed.decode_graphs.num_replays == 3
+    for mine, theirs in zip(graphed.k_caches + graphed.v_caches, eager.k_caches + eager.v_caches):
+        torch.testing.assert_close(mine, theirs, atol=1e-2, rtol=1e-2)
+
+
+def test_engine_with_cuda_graphs_generates_what_it_does_without(model_path):
+    import asyncio
+
+    from cyserve.fastpath.engine import Engine, EngineConfig
+    from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+
+    def greedy(cuda_graphs: bool) -> list[list[int]]:
+        eng = Engine.from_config(EngineConfig(model_path=model_path, device="cuda", kv_cache_bytes=64 << 20,
+                                              max_num_seqs=8, cuda_graphs=cuda_graphs))
+        eng.start()
+        try:
+            prompts = [eng.tokenizer.encode(f"Write one sentence about the number {i}.") for i in range(5)]
+            reqs = [EngineRequest(f"g{i}", p, SamplingParams(temperature=0.0), StoppingParams(max_tokens=12, ignore_eos=True))
+                    for i, p in enumerate(prompts)]
+
+            async def one(req):
+                return [t async for out in eng.generate(req) for t in out.new_token_ids]
+
+            async def run():
+                return await asyncio.gather(*(one(r) for r in reqs))
+            tokens = asyncio.run(run())
+            if cuda_graphs:
+                assert eng.runner.decode_graphs.num_replays > 0
+            return tokens
+        finally:
+            eng.stop()
+
+    assert greedy(True) == greedy(False)

@@ -142,3 +142,9 @@ def test_gpu_memory_utilization_out_of_range_is_refused(gguf_model, value):
     cfg = EngineConfig(model_path=gguf_model.path, kv_cache_bytes=8 << 20, gpu_memory_utilization=value)
     with pytest.raises(ModelLoadError, match="gpu_memory_utilization"):
         Engine(cfg, gguf_model, Tokenizer.from_gguf(gguf_model.reader))
+
+
+def test_cuda_graphs_off_a_gpu_is_a_load_error_naming_the_fix(gguf_model):
+    cfg = EngineConfig(model_path=gguf_model.path, kv_cache_bytes=8 << 20, max_num_seqs=2, cuda_graphs=True)
+    with pytest.raises(ModelLoadError, match="serve without --cuda-graphs"):
+        TorchOnCpuEngine(cfg, gguf_model, Tokenizer.from_gguf(gguf_model.reader))
