@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 import structlog
 
+from cyserve.fastpath import sampler as host_sampler
 from cyserve.fastpath.block_allocator import BlockAllocator
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
@@ -24,7 +25,6 @@ from cyserve.fastpath.kv_cache_manager import KVCacheManager
 from cyserve.fastpath.model_runner import LogitRows, ModelRunner, build_inputs
 from cyserve.fastpath.output_processor import SequenceOutputState
 from cyserve.fastpath.request import EngineRequest, FinishReason, PromptLogprobs, RequestOutput, RequestTimings
-from cyserve.fastpath import sampler as host_sampler
 from cyserve.fastpath.sampler import seed_state
 from cyserve.fastpath.scheduler import Scheduler
 from cyserve.fastpath.sequence import Sequence
