@@ -55,10 +55,20 @@ def is_decode_batch(inputs: BatchInputs) -> bool:
 def padded_decode_inputs(inputs: BatchInputs, size: int, max_blocks: int) -> BatchInputs:
     """A decode batch of S <= size rows as a batch of exactly `size` rows with block tables
     max_blocks wide; rows S.. are padding that writes nothing and reads only block 0."""
+    if not _fits(inputs, size, max_blocks):
+        raise ValueError(f"not a decode batch that fits {size} rows x {max_blocks} blocks")
+    return _padded(inputs, size, max_blocks)
+
+
+def _fits(inputs: BatchInputs, size: int, max_blocks: int) -> bool:
+    return (inputs.context_lens.shape[0] <= size and inputs.block_tables.shape[1] <= max_blocks
+            and is_decode_batch(inputs))
+
+
+def _padded(inputs: BatchInputs, size: int, max_blocks: int) -> BatchInputs:
+    """padded_decode_inputs without its checks (the caller made them)."""
     num_seqs = inputs.context_lens.shape[0]
     width = inputs.block_tables.shape[1]
-    if not is_decode_batch(inputs) or num_seqs > size or width > max_blocks:
-        raise ValueError(f"not a decode batch that fits {size} rows x {max_blocks} blocks")
 
     def padded(values: np.ndarray, fill: int) -> np.ndarray:
         out = np.full(size, fill, dtype=np.int32)
@@ -167,11 +177,10 @@ class DecodeGraphs:
         """Logits f32[S, vocab] of a decode batch by graph replay, or None when the batch is not one
         a graph fits (not decode-only, too many rows, or wider block tables than captured)."""
         num_seqs = inputs.context_lens.shape[0]
-        if (num_seqs > self.batch_sizes[-1] or inputs.block_tables.shape[1] > self.max_blocks
-                or not is_decode_batch(inputs)):
+        if not _fits(inputs, self.batch_sizes[-1], self.max_blocks):
             return None
         size = next(b for b in self.batch_sizes if b >= num_seqs)
-        self.inputs.load(padded_decode_inputs(inputs, size, self.max_blocks))
+        self.inputs.load(_padded(inputs, size, self.max_blocks))
         graph, logits = self._graphs[size]
         graph.replay()
         self.num_replays += 1

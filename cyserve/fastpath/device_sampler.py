@@ -34,20 +34,22 @@ WORKSPACE_BYTES_PER_LOGIT = 64
 
 @dataclass
 class _Edits:
-    """Sparse edits of the logits, as flat (row, token, value) lists, built on the host."""
+    """Sparse edits of the logits, (row, token, value) triples collected per row as numpy arrays
+    (a penalty covers a whole prompt: no per-token Python), sent to the device in one go."""
 
-    rows: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def extend(self, row: int, tokens: np.ndarray, values) -> None:
-        self.rows.extend([row] * len(tokens))
-        self.tokens.extend(int(t) for t in tokens)
-        self.values.extend(float(v) for v in np.broadcast_to(values, (len(tokens),)))
+        if len(tokens):
+            tokens = np.asarray(tokens, dtype=np.int64)
+            self.parts.append((np.full(len(tokens), row, np.int64), tokens,
+                               np.broadcast_to(np.asarray(values, np.float32), tokens.shape)))
 
-    def index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(self.rows, dtype=torch.int64, device=device),
-                torch.tensor(self.tokens, dtype=torch.int64, device=device))
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, tokens, values) tensors on the device."""
+        rows, tokens, values = (np.concatenate(column) for column in zip(*self.parts))
+        return (torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device),
+                torch.from_numpy(values).to(device))
 
 
 class DeviceSampler:
@@ -119,27 +121,27 @@ class DeviceSampler:
                     ids, counts = np.unique(np.asarray(out_ids, dtype=np.int64), return_counts=True)
                     pen.extend(i, ids, (params.frequency_penalty * counts + params.presence_penalty)
                                .astype(np.float32))
-            for token_id, value in params.logit_bias:
-                bias.extend(i, np.asarray([token_id]), value)
+            if params.logit_bias:
+                ids, values = zip(*params.logit_bias)
+                bias.extend(i, np.asarray(ids), np.asarray(values))
             banned = np.asarray([t for t in masked_tokens(seq, eos_token_ids) if 0 <= t < vocab], dtype=np.int64)
             mask.extend(i, banned, float("-inf"))
-        if not (rep.rows or pen.rows or bias.rows or mask.rows):
+        if not (rep.parts or pen.parts or bias.parts or mask.parts):
             return logits
         work = logits.clone() if keep_raw else logits
         dev = work.device
-        if rep.rows:  # rows x tokens are unique (np.unique per row), so gather/scatter is exact
-            r, t = rep.index(dev)
-            p = torch.tensor(rep.values, dtype=work.dtype, device=dev)
+        if rep.parts:  # rows x tokens are unique (np.unique per row), so gather/scatter is exact
+            r, t, p = rep.on(dev)
             vals = work[r, t]
             work[r, t] = torch.where(vals > 0, vals / p, vals * p)
-        if pen.rows:
-            r, t = pen.index(dev)
-            work[r, t] = work[r, t] - torch.tensor(pen.values, dtype=work.dtype, device=dev)
-        if bias.rows:  # a token may be biased twice: accumulate, as the host loop does
-            r, t = bias.index(dev)
-            work.index_put_((r, t), torch.tensor(bias.values, dtype=work.dtype, device=dev), accumulate=True)
-        if mask.rows:
-            r, t = mask.index(dev)
+        if pen.parts:
+            r, t, delta = pen.on(dev)
+            work[r, t] = work[r, t] - delta
+        if bias.parts:  # a token may be biased twice: accumulate, as the host loop does
+            r, t, value = bias.on(dev)
+            work.index_put_((r, t), value, accumulate=True)
+        if mask.parts:
+            r, t, _ = mask.on(dev)
             work[r, t] = float("-inf")
         return work
 
@@ -151,12 +153,11 @@ class DeviceSampler:
         params = [seq.request.sampling for seq in seqs]
         dev, dt = logits.device, self.dtype
         vocab = logits.shape[1]
-        column = lambda xs, dtype: torch.tensor(xs, dtype=dtype, device=dev)[:, None]  # noqa: E731
-        temperature = column([p.temperature for p in params], dt)
-        top_k = column([p.top_k if 0 < p.top_k < vocab else vocab for p in params], torch.int64)
-        min_p = column([p.min_p for p in params], dt)
-        top_p = column([p.top_p for p in params], dt)
-        u = column([draw_uniform(seq) for seq in seqs], dt)  # one draw per row, as on the CPU
+        # one host-to-device copy per dtype; u: one draw per row, as on the CPU
+        floats = torch.tensor([(p.temperature, p.min_p, p.top_p, draw_uniform(seq)) for p, seq in zip(params, seqs)],
+                              dtype=torch.float64).to(device=dev, dtype=dt)
+        temperature, min_p, top_p, u = floats.T.contiguous()[:, :, None]  # each [R, 1], contiguous for searchsorted
+        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=dev)[:, None]
 
         scaled, order = torch.sort(logits.to(dt) / temperature, dim=-1, descending=True, stable=True)
         position = torch.arange(vocab, device=dev)[None, :]

@@ -8,7 +8,6 @@ differs is where things live:
   there, so only token ids cross to the host each step;
 * the KV cache is allocated after the weights (`allocate_kv_cache`), so the engine can size it
   from the device memory left once the weights and one full-size step (`measure_step_bytes`) are in;
-
 * weights are dequantized once at load (by our CPU `dequantize` kernel) to fp16 on the device; Q, K
   and V are fused into one matrix, as are gate and up, so a layer is four cuBLAS matmuls;
 * K/V caches are fp16 torch tensors `[num_blocks, num_kv_heads, block_size, head_dim]` per layer;

@@ -13,12 +13,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from gguf import quants
-from gguf.constants import GGMLQuantizationType
 
 from cyserve.kernels import reference as R
-
-QUANT_WTYPES = (R.Q4_0, R.Q4_1, R.Q8_0)
+from kernel_data import QUANT_WTYPES, PagedBatch, make_weight
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
@@ -38,39 +35,6 @@ def tensor(a: np.ndarray, device: str, dtype: torch.dtype | None = None) -> torc
 
 def host(t: torch.Tensor) -> np.ndarray:
     return t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-
-
-def quantized_weight(r: np.random.Generator, n: int, k: int, wtype: int) -> np.ndarray:
-    """Raw GGUF rows uint8[n, row_bytes] of a random weight (quantized by the gguf package)."""
-    w = r.standard_normal((n, k)).astype(np.float32)
-    return np.ascontiguousarray(quants.quantize(w, GGMLQuantizationType(wtype)).view(np.uint8).reshape(n, -1))
-
-
-class PagedCase:
-    """Sequences (context_len, q_len) over a cache whose blocks are shuffled and padded with NaN."""
-
-    def __init__(self, r: np.random.Generator, seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int,
-                 head_dim: int, block_size: int) -> None:
-        need = [(ctx + block_size - 1) // block_size for ctx, _ in seqs]
-        num_blocks = sum(need) + 2
-        order = r.permutation(num_blocks)
-        self.block_tables = np.full((len(seqs), max(need) + 1), -1, np.int32)
-        nan = np.uint16(0x7E00)  # a kernel that reads a slot nobody owns returns NaN
-        self.k_cache = np.full((num_blocks, num_kv_heads, block_size, head_dim), nan, np.uint16)
-        self.v_cache = self.k_cache.copy()
-        used = 0
-        for s, ((ctx, _), n) in enumerate(zip(seqs, need)):
-            self.block_tables[s, :n] = order[used:used + n]
-            used += n
-            k = r.standard_normal((ctx, num_kv_heads * head_dim)).astype(np.float32)
-            v = r.standard_normal((ctx, num_kv_heads * head_dim)).astype(np.float32)
-            pos = np.arange(ctx)
-            slots = (self.block_tables[s, pos // block_size] * block_size + pos % block_size).astype(np.int32)
-            R.reshape_and_cache(k, v, self.k_cache, self.v_cache, slots)
-        self.query_start_loc = np.concatenate([[0], np.cumsum([q for _, q in seqs])]).astype(np.int32)
-        self.context_lens = np.array([ctx for ctx, _ in seqs], np.int32)
-        self.q = r.standard_normal((int(self.query_start_loc[-1]), num_heads * head_dim)).astype(np.float32)
-        self.scale = 1.0 / np.sqrt(head_dim)
 
 
 def check_reshape_and_cache(ops: SimpleNamespace, device: str, dtype: torch.dtype, head_dim: int) -> None:
@@ -94,7 +58,7 @@ def check_reshape_and_cache(ops: SimpleNamespace, device: str, dtype: torch.dtyp
 
 def check_paged_attention(ops: SimpleNamespace, device: str, dtype: torch.dtype, head_dim: int,
                           seqs: list[tuple[int, int]]) -> None:
-    case = PagedCase(np.random.default_rng(2), seqs, 9, 3, head_dim, 16)
+    case = PagedBatch(np.random.default_rng(2), seqs, 9, 3, head_dim, 16)
     q = rounded(case.q, dtype)
     want = R.paged_attention(q, case.k_cache, case.v_cache, case.block_tables, case.query_start_loc,
                              case.context_lens, case.scale)
@@ -154,7 +118,7 @@ def check_silu_mul(ops: SimpleNamespace, device: str, dtype: torch.dtype, ffn: i
 def check_dequant_gemv(ops: SimpleNamespace, device: str, dtype: torch.dtype, wtype: int, num_tokens: int,
                        n: int, k: int) -> None:
     r = np.random.default_rng(6)
-    w = quantized_weight(r, n, k, wtype)
+    w = make_weight(r, n, k, wtype)
     x = rounded(r.standard_normal((num_tokens, k)), dtype)
     want = R.matmul_dequantized(x, w, wtype)  # the GPU path keeps activations unquantized
     out = torch.empty((num_tokens, n), dtype=dtype, device=device)

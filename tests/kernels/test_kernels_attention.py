@@ -91,8 +91,12 @@ def test_sequence_without_queries_is_skipped(simd):
     _check(batch)
 
 
-def test_same_bits_for_any_thread_count(simd, num_threads):
-    batch = PagedBatch(rng(6), [(300, 40), (77, 1), (5, 5)], 9, 3, 64, BS=16)
+@pytest.mark.parametrize("seed, seqs, Hq, Hkv", [
+    (6, [(300, 40), (77, 1), (5, 5)], 9, 3),
+    (12, [(2100, 64), (900, 1), (33, 33)], 16, 2),  # long contexts
+], ids=["short", "long"])
+def test_same_bits_for_any_thread_count(simd, num_threads, seed, seqs, Hq, Hkv):
+    batch = PagedBatch(rng(seed), seqs, Hq, Hkv, 64, BS=16)
     num_threads(1)
     one = _run(batch)
     num_threads(2)
@@ -154,14 +158,6 @@ def test_large_scores_stay_finite(simd):
     out = _run(batch)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, R.paged_attention(*batch.args()), rtol=1e-3, atol=1e-3)
-
-
-def test_same_bits_for_any_thread_count_long(simd, num_threads):
-    batch = PagedBatch(rng(12), [(2100, 64), (900, 1), (33, 33)], 16, 2, 64, BS=16)
-    num_threads(1)
-    one = _run(batch)
-    num_threads(2)
-    np.testing.assert_array_equal(one, _run(batch))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,4 +1,5 @@
-"""Deterministic test data and named tolerances for the kernel parity tests (ggml style)."""
+"""Deterministic test data and named tolerances for the kernel parity tests (ggml style), CPU
+(tests/kernels) and GPU (tests/cuda) alike."""
 import numpy as np
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
