@@ -23,14 +23,16 @@ import time
 import numpy as np
 import torch
 
-from cyserve.fastpath.engine import Engine, EngineConfig
-from cyserve.fastpath.gguf_model import load_gguf
-from cyserve.fastpath.model_runner import ModelRunner, build_inputs
-from cyserve.fastpath.device_sampler import DeviceSampler
-from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
-from cyserve.fastpath.sampler import seed_state
-from cyserve.fastpath.sequence import Sequence
-from cyserve.fastpath.torch_runner import TorchModelRunner
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
+from cyserve.fastpath.model.gguf_loader import load_gguf
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
+from cyserve.fastpath.model.batch import build_inputs
+from cyserve.fastpath.model.device_sampler import DeviceSampler
+from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.model.cpu_sampler import seed_state
+from cyserve.fastpath.core.sequence import Sequence
+from cyserve.fastpath.model.torch_runner import TorchModelRunner
 from cyserve.service.config import default_model_path
 
 BLOCK_SIZE = 16
@@ -132,7 +134,7 @@ def main() -> None:
     rows.append(("device sampler, 64 rows, top-k 50 top-p 0.9 (rows/s)",
                  sampling_rate(64, args.steps, nucleus)))
     if args.cpu_baseline:
-        cpu = ModelRunner(model, nb, BLOCK_SIZE)
+        cpu = CpuModelRunner(model, nb, BLOCK_SIZE)
         rows.append(("CPU runner decode, 1 stream", decode_rate(cpu, 1, min(args.steps, 16))))
         rows.append(("CPU runner decode, 64 streams", decode_rate(cpu, 64, min(args.steps, 4))))
         rows.append((f"CPU runner prefill, {PREFILL_LEN} tokens", prefill_rate(cpu, 1)))

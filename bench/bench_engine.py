@@ -15,8 +15,9 @@ import asyncio
 import statistics
 import time
 
-from cyserve.fastpath.engine import Engine, EngineConfig
-from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
+from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 from cyserve.service.config import default_model_path
 
 GREEDY = SamplingParams(temperature=0.0)

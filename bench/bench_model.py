@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cyserve.fastpath.gguf_model import load_gguf
-from cyserve.fastpath.model_runner import ModelRunner, build_inputs
+from cyserve.fastpath.model.gguf_loader import load_gguf
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
+from cyserve.fastpath.model.batch import build_inputs
 from cyserve.kernels.cpu import threads
 from cyserve.service.config import default_model_path
 
@@ -57,7 +58,7 @@ class Ours:
     def __init__(self, path: str, args: argparse.Namespace) -> None:
         self.model = load_gguf(path)
         self.blocks_per_seq = (args.prompt_len + args.decode_len + BLOCK - 1) // BLOCK
-        self.runner = ModelRunner(self.model, (args.batch + 1) * self.blocks_per_seq, BLOCK)
+        self.runner = CpuModelRunner(self.model, (args.batch + 1) * self.blocks_per_seq, BLOCK)
         self.args = args
 
     def _blocks(self, seq: int) -> list[int]:
@@ -118,8 +119,9 @@ class LlamaCpp:
 
 
 def engine_decode(path: str, args: argparse.Namespace, streams: int, best: Best) -> None:
-    from cyserve.fastpath.engine import Engine, EngineConfig
-    from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
+    from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 
     engine = Engine.from_config(EngineConfig(model_path=path, num_threads=args.threads,
                                              kv_cache_bytes=256 << 20, enable_prefix_caching=False))

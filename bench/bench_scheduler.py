@@ -13,11 +13,11 @@ import argparse
 import statistics
 import time
 
-from cyserve.fastpath.block_allocator import BlockAllocator
-from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.request import EngineRequest
-from cyserve.fastpath.scheduler import Scheduler
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.core.block_allocator import BlockAllocator
+from cyserve.fastpath.core.kv_cache_manager import KVCacheManager
+from cyserve.fastpath.core.request import EngineRequest
+from cyserve.fastpath.core.scheduler import Scheduler
+from cyserve.fastpath.core.sequence import Sequence
 
 TARGET_US = 50.0
 

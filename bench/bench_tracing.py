@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from cyserve.fastpath.request import (
+from cyserve.fastpath.core.request import (
     EngineRequest,
     FinishReason,
     RequestOutput,
@@ -209,7 +209,8 @@ def load_engine(kind: str, num_threads: int) -> tuple[Any, Any]:
     """(engine, stop callable)."""
     if kind == "echo":
         return EchoEngine(), lambda: None
-    from cyserve.fastpath.engine import Engine, EngineConfig
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
     from cyserve.service.config import default_model_path
 
     config = EngineConfig(model_path=default_model_path(), kv_cache_bytes=256 << 20, num_threads=num_threads)

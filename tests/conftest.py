@@ -19,14 +19,15 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def gguf_model(model_path):
-    from cyserve.fastpath.gguf_model import load_gguf
+    from cyserve.fastpath.model.gguf_loader import load_gguf
 
     return load_gguf(model_path)
 
 
 @pytest.fixture(scope="session")
 def engine(model_path):
-    from cyserve.fastpath.engine import Engine, EngineConfig
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
 
     eng = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=64 << 20))
     eng.start()

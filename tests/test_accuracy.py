@@ -18,8 +18,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from cyserve.fastpath.model_runner import ModelRunner, build_inputs
-from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
+from cyserve.fastpath.model.batch import build_inputs
+from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 
 pytestmark = pytest.mark.oracle
 
@@ -50,8 +51,8 @@ NEVER_BELOW = 1.0  # and never further below the best than this
 
 
 @pytest.fixture(scope="module")
-def runner(gguf_model) -> ModelRunner:
-    return ModelRunner(gguf_model, num_blocks=64, block_size=BLOCK)
+def runner(gguf_model) -> CpuModelRunner:
+    return CpuModelRunner(gguf_model, num_blocks=64, block_size=BLOCK)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def encoded(engine) -> list[list[int]]:
     return [engine.tokenizer.encode(t) for t in TEXTS]
 
 
-def prefill_logits(runner: ModelRunner, ids: list[int]) -> np.ndarray:
+def prefill_logits(runner: CpuModelRunner, ids: list[int]) -> np.ndarray:
     """Our logits at every position from one prefill: the batched (GEMM) matmul path."""
     blocks = list(range((len(ids) + BLOCK - 1) // BLOCK))
     inputs = build_inputs([(ids, 0, len(ids), blocks, True)], BLOCK)
@@ -67,7 +68,7 @@ def prefill_logits(runner: ModelRunner, ids: list[int]) -> np.ndarray:
     return runner.forward(inputs)
 
 
-def decode_logits(runner: ModelRunner, ids: list[int]) -> np.ndarray:
+def decode_logits(runner: CpuModelRunner, ids: list[int]) -> np.ndarray:
     """Our logits at every position, one token per step: the decode (GEMV) path."""
     blocks = [(7 * i + 3) % 64 for i in range((len(ids) + BLOCK - 1) // BLOCK)]  # scattered blocks
     rows = [runner.forward(build_inputs([(ids, p, 1, blocks, True)], BLOCK)) for p in range(len(ids))]

@@ -5,7 +5,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from cyserve.fastpath.block_allocator import BlockAccountingError, BlockAllocator
+from cyserve.fastpath.core.block_allocator import BlockAccountingError, BlockAllocator
 
 BS = 4
 K, K0, K1 = 7 << 64 | 1, 1 << 127 | 5, 3  # 128-bit keys: both 64-bit lanes matter

@@ -3,9 +3,10 @@ import asyncio
 
 import pytest
 
-from cyserve.fastpath.engine import Engine, EngineConfig
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import InvalidRequestError
-from cyserve.fastpath.request import EngineRequest, FinishReason, SamplingParams, StoppingParams
+from cyserve.fastpath.core.request import EngineRequest, FinishReason, SamplingParams, StoppingParams
 
 GREEDY = SamplingParams(temperature=0.0)
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"

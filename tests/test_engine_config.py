@@ -2,7 +2,7 @@
 default KV cache size."""
 import pytest
 
-from cyserve.fastpath.engine import EngineConfig, default_kv_cache_bytes
+from cyserve.fastpath.engine_config import EngineConfig, default_kv_cache_bytes
 from cyserve.service.cli import _parser
 from cyserve.service.config import ServerConfig
 

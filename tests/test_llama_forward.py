@@ -1,4 +1,4 @@
-"""The native layer loop (LlamaForward, GIL released) against the Python loop.
+"""The native layer loop (CpuForward, GIL released) against the Python loop.
 
 Same CPU kernels in the same order -> the same bits. Against the numpy reference kernels (f64
 arithmetic, slow) the logits differ by more than f32 rounding: both quantize activations to int8
@@ -9,7 +9,8 @@ token ids, so flat distributions): max |diff| 1.69, mean 0.19, top-1 agreement 0
 import numpy as np
 import pytest
 
-from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs, cpu_kernels, reference_kernels
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner, cpu_kernels, reference_kernels
+from cyserve.fastpath.model.batch import BatchInputs, build_inputs
 
 BS = 16
 NUM_BLOCKS = 32
@@ -45,19 +46,19 @@ def _inputs(scheduled) -> BatchInputs:
     return inputs
 
 
-def _run_trace(runner: ModelRunner, python_loop: bool = False, steps: int = len(TRACE)) -> list[np.ndarray]:
+def _run_trace(runner: CpuModelRunner, python_loop: bool = False, steps: int = len(TRACE)) -> list[np.ndarray]:
     run = runner.forward_python if python_loop else runner.forward
     return [run(_inputs(scheduled)) for _, scheduled in TRACE[:steps]]
 
 
 @pytest.fixture(scope="module")
 def native_trace(gguf_model):
-    return _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, max_num_tokens=8))
+    return _run_trace(CpuModelRunner(gguf_model, NUM_BLOCKS, BS, max_num_tokens=8))
 
 
 @pytest.fixture(scope="module")
 def python_trace(gguf_model):
-    return _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels()))
+    return _run_trace(CpuModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels()))
 
 
 @pytest.mark.parametrize("step", range(len(TRACE)), ids=[name for name, _ in TRACE])
@@ -70,7 +71,7 @@ def test_native_loop_matches_python_loop(native_trace, python_trace, step):
 def test_native_loop_matches_reference_kernels(gguf_model, native_trace):
     # the first two steps already hold a chunked prefill, a decode and a block crossing; the
     # numpy kernels take ~15 s a step, so the whole trace would dominate the suite's time
-    ref = _run_trace(ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=reference_kernels()), steps=2)
+    ref = _run_trace(CpuModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=reference_kernels()), steps=2)
     for (name, _), ours, theirs in zip(TRACE, native_trace, ref):
         diff = np.abs(ours - theirs).max()
         assert diff < REFERENCE_ATOL, f"{name}: max |logit diff| {diff:.4f}"
@@ -81,7 +82,7 @@ def test_native_loop_matches_reference_kernels(gguf_model, native_trace):
 
 def test_python_loop_on_the_same_runner_shares_the_caches(gguf_model):
     """forward and forward_python read and write the same KV arrays."""
-    runner = ModelRunner(gguf_model, NUM_BLOCKS, BS)
+    runner = CpuModelRunner(gguf_model, NUM_BLOCKS, BS)
     runner.forward(_inputs(TRACE[0][1]))
     inputs = _inputs([(B, 21, 1, BLOCKS_B, True)])
     native = runner.forward(inputs)
@@ -90,7 +91,7 @@ def test_python_loop_on_the_same_runner_shares_the_caches(gguf_model):
 
 def test_logits_rows_any_order_and_repeats(gguf_model, native_trace):
     """R may exceed the number of sequences, and rows may repeat or come in any order."""
-    runner = ModelRunner(gguf_model, NUM_BLOCKS, BS)
+    runner = CpuModelRunner(gguf_model, NUM_BLOCKS, BS)
     inputs = _inputs(TRACE[0][1])
     rows = np.array([33, 0, 12, 12, 20, 33, 5], np.int64)
     inputs.logits_indices = rows
@@ -102,12 +103,12 @@ def test_logits_rows_any_order_and_repeats(gguf_model, native_trace):
 
 
 def test_workspace_grows_for_a_bigger_batch(gguf_model):
-    runner = ModelRunner(gguf_model, NUM_BLOCKS, BS, max_num_tokens=2)
+    runner = CpuModelRunner(gguf_model, NUM_BLOCKS, BS, max_num_tokens=2)
     assert runner.native.capacity == 2
     inputs = _inputs([(A, 0, 40, BLOCKS_A, True)])
     out = runner.forward(inputs)
     assert runner.native.capacity >= 40
-    python = ModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels())
+    python = CpuModelRunner(gguf_model, NUM_BLOCKS, BS, kernels=cpu_kernels())
     np.testing.assert_allclose(out, python.forward(inputs), rtol=0, atol=SAME_KERNELS_ATOL)
 
 
@@ -141,7 +142,7 @@ BAD_BATCHES = [
 
 @pytest.mark.parametrize("field,change,message", BAD_BATCHES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_BATCHES)])
 def test_bad_batches_raise_and_leave_the_runner_usable(gguf_model, native_trace, field, change, message):
-    runner = ModelRunner(gguf_model, NUM_BLOCKS, BS)
+    runner = CpuModelRunner(gguf_model, NUM_BLOCKS, BS)
     good = _inputs(TRACE[0][1])
     before = [c.copy() for c in runner.k_caches[:2]]
     with pytest.raises(ValueError, match=message):
@@ -153,7 +154,7 @@ def test_bad_batches_raise_and_leave_the_runner_usable(gguf_model, native_trace,
 
 def test_context_longer_than_the_model_is_rejected(gguf_model):
     n_ctx = gguf_model.config.context_length
-    runner = ModelRunner(gguf_model, 2, BS, max_num_tokens=1)
+    runner = CpuModelRunner(gguf_model, 2, BS, max_num_tokens=1)
     ids = [1] * (n_ctx + 1)
     table = [0] * (n_ctx // BS + 1)  # a real cache this long is not needed to hit the check
     inputs = build_inputs([(ids, n_ctx, 1, table, True)], BS)
@@ -162,4 +163,4 @@ def test_context_longer_than_the_model_is_rejected(gguf_model):
 
 
 def test_reference_kernels_keep_the_python_loop(gguf_model):
-    assert ModelRunner(gguf_model, 4, BS, kernels=reference_kernels()).native is None
+    assert CpuModelRunner(gguf_model, 4, BS, kernels=reference_kernels()).native is None

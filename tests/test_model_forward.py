@@ -10,7 +10,8 @@ are a max of 2.5, a mean of 0.5, and the same top-1 wherever the reference's top
 import numpy as np
 import pytest
 
-from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
+from cyserve.fastpath.model.batch import BatchInputs, build_inputs
 
 LOGIT_ATOL = 2.5  # max |diff| over every logit of every position
 LOGIT_MEAN_ATOL = 0.5
@@ -33,7 +34,7 @@ def all_positions(inputs: BatchInputs) -> BatchInputs:
 
 @pytest.fixture(scope="module")
 def runner(gguf_model):
-    return ModelRunner(gguf_model, num_blocks=64, block_size=16)
+    return CpuModelRunner(gguf_model, num_blocks=64, block_size=16)
 
 
 def check_close(ours: np.ndarray, ref: np.ndarray) -> None:

@@ -4,7 +4,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from cyserve.fastpath.errors import ModelLoadError
-from cyserve.fastpath.gguf_model import WeightType, load_gguf
+from cyserve.fastpath.model.gguf_loader import WeightType, load_gguf
 
 
 def write_tiny_llama(path, arch="llama", ffn_type=None, hidden=64, layers=2, vocab=96):

@@ -7,10 +7,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from cyserve.fastpath.block_allocator import BlockAllocator
-from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.request import EngineRequest
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.core.block_allocator import BlockAllocator
+from cyserve.fastpath.core.kv_cache_manager import KVCacheManager
+from cyserve.fastpath.core.request import EngineRequest
+from cyserve.fastpath.core.sequence import Sequence
 
 BS = 4
 

@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from cyserve.fastpath.block_allocator import BlockAllocator
-from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.request import EngineRequest
-from cyserve.fastpath.scheduler import Scheduler
-from cyserve.fastpath.sequence import Sequence, SequenceStatus
+from cyserve.fastpath.core.block_allocator import BlockAllocator
+from cyserve.fastpath.core.kv_cache_manager import KVCacheManager
+from cyserve.fastpath.core.request import EngineRequest
+from cyserve.fastpath.core.scheduler import Scheduler
+from cyserve.fastpath.core.sequence import Sequence, SequenceStatus
 from scheduler_reference import RefAllocator, RefKV, RefScheduler, RefSeq
 
 

@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-from cyserve.fastpath.pretokenizer import pretokenize
+from cyserve.fastpath.tokenizer.pretokenizer import pretokenize
 from cyserve.fastpath.tokenizer import IncrementalDecoder, Tokenizer
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -263,7 +263,7 @@ def test_char_classes_match_oniguruma():
     (To regenerate the table, turn these sets into runs; see _load_classes.)"""
     tokenizers = pytest.importorskip("tokenizers")
     np = pytest.importorskip("numpy")
-    from cyserve.fastpath.pretokenizer import _char_classes
+    from cyserve.fastpath.tokenizer.pretokenizer import _char_classes
     table = np.frombuffer(_char_classes(), np.uint8)
     cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)])
     chunks = [(cps[k:k + 65536], "".join(map(chr, cps[k:k + 65536].tolist())))

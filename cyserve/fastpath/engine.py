@@ -1,9 +1,12 @@
-"""The engine: one dedicated thread running schedule -> forward -> sample -> output, step by step.
+"""The engine: one dedicated thread running schedule -> execute -> outputs, step by step, and the
+bridge to asyncio.
 
 The asyncio side calls `generate()` (an async iterator of RequestOutput) and `abort()`. Requests
-join and leave between steps (continuous batching). Outputs go back to the caller's event loop with
-`loop.call_soon_threadsafe`, once per step per loop. Kernels release the GIL, so the event loop keeps
-serving while the engine computes.
+join and leave between steps (continuous batching). Each step the scheduler picks the batch, the
+runner (runner_setup.py: CPU or torch) executes it and returns token ids, and the output processor
+turns them into text and stop decisions. Outputs go back to the caller's event loop with
+`loop.call_soon_threadsafe`, once per step per loop. Kernels release the GIL, so the event loop
+keeps serving while the engine computes. The engine implements contract.EngineClient.
 """
 from __future__ import annotations
 
@@ -11,106 +14,30 @@ import asyncio
 import collections
 import threading
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import structlog
 
-from cyserve.fastpath import sampler as host_sampler
-from cyserve.fastpath.block_allocator import BlockAllocator
+from cyserve.fastpath.contract import EngineStats, ModelInfo
+from cyserve.fastpath.core.block_allocator import BlockAllocator
+from cyserve.fastpath.core.kv_cache_manager import KVCacheManager
+from cyserve.fastpath.core.output_processor import SequenceOutputState
+from cyserve.fastpath.core.request import EngineRequest, FinishReason, PromptLogprobs, RequestOutput, RequestTimings
+from cyserve.fastpath.core.request_checks import new_sequence
+from cyserve.fastpath.core.scheduler import Scheduler
+from cyserve.fastpath.core.sequence import Sequence
+from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
-from cyserve.fastpath.gguf_model import GGUFModel, load_gguf
-from cyserve.fastpath.host_memory import available_memory_bytes
-from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.model_runner import LogitRows, ModelRunner, build_inputs
-from cyserve.fastpath.output_processor import SequenceOutputState
-from cyserve.fastpath.request import EngineRequest, FinishReason, PromptLogprobs, RequestOutput, RequestTimings
-from cyserve.fastpath.sampler import seed_state
-from cyserve.fastpath.scheduler import Scheduler
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.model.cpu_sampler import seed_state
+from cyserve.fastpath.model.gguf_loader import load_gguf
+from cyserve.fastpath.model.runner import RunnerOutput
+from cyserve.fastpath.model.weights import ModelWeights
+from cyserve.fastpath.runner_setup import RunnerSetup, make_runner
 from cyserve.fastpath.tokenizer import Tokenizer
 from cyserve.kernels.cpu import threads
-from cyserve.kernels.cuda import DEVICES, CudaUnavailableError, select_device  # noqa: F401 (DEVICES: for the service)
+from cyserve.kernels.cuda import CudaUnavailableError, select_device
 
 log = structlog.get_logger("cyserve.engine")
-
-DEFAULT_KV_CACHE_BYTES_CAP = 1 << 30
-DEFAULT_KV_MEMORY_FRACTION = 4  # by default the cache takes at most 1/4 of the memory available
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model_path: str
-    num_threads: int = 0  # 0 = the cores this process may use (affinity mask, cgroup quota)
-    block_size: int = 16
-    kv_cache_bytes: int = 0  # 0 = see default_kv_cache_bytes() (CPU), gpu_kv_cache_bytes() (GPU)
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512  # tokens per step: decodes first, then chunks of prefills
-    max_model_len: int = 0  # 0 = the model's context length, capped by the KV cache
-    enable_prefix_caching: bool = True
-    device: str = "auto"  # one of DEVICES; auto = cuda when torch sees a GPU and the extension is built
-    # On a GPU: the share of the device's memory that may be in use (by anyone) once the KV cache
-    # is allocated, as vLLM's --gpu-memory-utilization; ignored when kv_cache_bytes is set.
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
-    # On a GPU: replay decode steps as CUDA graphs (cuda_graphs.py). Off until a GPU run has
-    # checked them against the eager pass (docs/cuda.md).
-    cuda_graphs: bool = False
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    path: str
-    architecture: str
-    vocab_size: int
-    context_length: int
-    max_model_len: int
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    quantization: str
-    bos_token_id: int
-    eos_token_id: int
-    chat_template: str
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_free_blocks: int  # blocks no request holds (prefix-cached ones included: reused on demand)
-    num_total_blocks: int
-    num_preemptions: int = 0
-    num_used_blocks: int = 0
-    num_cached_blocks: int = 0  # blocks (used or free) a request with the same prefix can share
-    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
-    prefix_cache_hits: int = 0  # of those, tokens whose K/V came from the cache
-    num_steps: int = 0
-    num_scheduled_tokens_last_step: int = 0
-    num_scheduled_tokens_total: int = 0  # / num_steps = mean tokens per step
-    block_size: int = 16
-
-
-def _full_contexts_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:
-    """The most KV cache the engine can use: max_num_seqs sequences at full length."""
-    return cfg.max_num_seqs * (cfg.max_model_len or context_length) * bytes_per_token
-
-
-def default_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:
-    """A quarter of the available memory, at most 1 GiB, and no more than max_num_seqs full contexts."""
-    want = _full_contexts_bytes(cfg, bytes_per_token, context_length)
-    return max(min(DEFAULT_KV_CACHE_BYTES_CAP, available_memory_bytes() // DEFAULT_KV_MEMORY_FRACTION, want), 1)
-
-
-def gpu_kv_cache_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int, free: int, total: int,
-                       step_bytes: int) -> int:
-    """The GPU's KV budget: what keeps the device's memory in use (weights, other processes,
-    everything `free` already excludes) under gpu_memory_utilization once one full-size step's
-    activations (`step_bytes`) are also in; no more than max_num_seqs full contexts; 0 if none fits."""
-    headroom = int(total * cfg.gpu_memory_utilization) - (total - free) - step_bytes
-    return max(min(_full_contexts_bytes(cfg, bytes_per_token, context_length), headroom), 0)
 
 
 class _Subscriber:
@@ -127,18 +54,18 @@ class _Subscriber:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, model: GGUFModel, tokenizer: Tokenizer) -> None:
-        self.config = config
-        self.model = model
-        self.tokenizer = tokenizer
-        threads.set_num_threads(config.num_threads or threads.default_num_threads())
+    def __init__(self, config: EngineConfig, model: ModelWeights, tokenizer: Tokenizer) -> None:
         try:
+            config.check()
             self.device = select_device(config.device)
         except (CudaUnavailableError, ValueError) as exc:
             raise ModelLoadError(model.path, str(exc)) from exc
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        threads.set_num_threads(config.num_threads or threads.default_num_threads())
         self.block_size = config.block_size
-        num_blocks = self._make_runner()
-        self.allocator = BlockAllocator(num_blocks, config.block_size, config.enable_prefix_caching)
+        setup = self._make_runner()
+        self.runner, self.max_model_len = setup.runner, setup.max_model_len
+        self.allocator = BlockAllocator(setup.num_blocks, config.block_size, config.enable_prefix_caching)
         self.kv = KVCacheManager(self.allocator)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
@@ -151,104 +78,13 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def _check_sizes(self) -> None:
-        cfg = self.config
-        if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
-            raise ModelLoadError(self.model.path, "block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
-        if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
-            raise ModelLoadError(self.model.path, f"gpu_memory_utilization={cfg.gpu_memory_utilization} must be "
-                                 "in (0, 1]: the share of the GPU's memory cyserve may fill")
-
-    def _size_kv_cache(self, device_budget=None) -> int:
-        """Blocks from the byte budget; sets max_model_len (never above what the cache holds).
-        device_budget(bytes_per_token, context_length) -> (bytes, why) replaces the host-memory
-        default (the GPU's free memory) when kv_cache_bytes is not given."""
-        cfg, model = self.config, self.model
-        block_bytes = ModelRunner.kv_bytes_per_block(model, cfg.block_size)
-        ctx = model.config.context_length
-        if cfg.kv_cache_bytes:
-            budget, why = cfg.kv_cache_bytes, "raise --kv-cache-bytes"
-        elif device_budget is not None:
-            budget, why = device_budget(block_bytes // cfg.block_size, ctx)
-        else:
-            budget, why = default_kv_cache_bytes(cfg, block_bytes // cfg.block_size, ctx), "raise --kv-cache-bytes"
-        num_blocks = budget // block_bytes
-        if num_blocks < 1:
-            raise ModelLoadError(model.path, f"kv_cache_bytes={budget} is less than one KV block "
-                                 f"({block_bytes} bytes): {why}")
-        capacity = num_blocks * cfg.block_size
-        if cfg.max_model_len > ctx:
-            raise ModelLoadError(model.path, f"max_model_len={cfg.max_model_len} exceeds the model's context "
-                                 f"length {ctx}")
-        if cfg.max_model_len > capacity:
-            raise ModelLoadError(model.path, f"max_model_len={cfg.max_model_len} needs more KV cache than "
-                                 f"kv_cache_bytes={budget} holds ({capacity} tokens): raise --kv-cache-bytes "
-                                 "or lower --max-model-len")
-        self.max_model_len = cfg.max_model_len or min(ctx, capacity)
-        log.info("kv_cache", blocks=num_blocks, tokens=capacity, bytes=num_blocks * block_bytes,
-                 block_size=cfg.block_size, max_model_len=self.max_model_len,
-                 prefix_caching=cfg.enable_prefix_caching, max_num_seqs=cfg.max_num_seqs,
-                 max_num_batched_tokens=cfg.max_num_batched_tokens)
-        return num_blocks
-
-    def _make_runner(self) -> int:
-        """Sets the runner and its sampler and returns the KV cache's blocks: the CPU kernels'
-        runner with the host sampler, or the torch runner with the device sampler on the GPU, whose
-        cache is sized from the device memory left after its weights. Same interface, same block ids."""
-        self._check_sizes()
-        cfg = self.config
-        log.info("device", device=self.device)
-        if self.device == "cpu":
-            num_blocks = self._size_kv_cache()
-            # the work buffers are sized for the step's token budget once, never grown mid-run
-            self.runner = ModelRunner(self.model, num_blocks, cfg.block_size, max_num_tokens=cfg.max_num_batched_tokens)
-            self.sampler = host_sampler
-            return num_blocks
-        return self._make_torch_runner(self.device)
-
-    def _make_torch_runner(self, device: str) -> int:
-        """The GPU path (on any torch device): weights first, then a step measured, then the KV
-        cache in what is left."""
-        # torch is imported here only: GPU deployments
-        from cyserve.fastpath.device_sampler import DeviceSampler
-        from cyserve.fastpath.torch_runner import TorchModelRunner
-
-        runner = TorchModelRunner(self.model, 0, self.config.block_size, device=device)
-        self.runner, self.sampler = runner, DeviceSampler(runner.device)
-        num_blocks = self._size_kv_cache(self._gpu_budget)
-        runner.allocate_kv_cache(num_blocks)
-        if self.config.cuda_graphs:
-            self._capture_graphs(runner)
-        return num_blocks
-
-    def _capture_graphs(self, runner) -> None:
-        cfg = self.config
-        max_blocks = -(-self.max_model_len // cfg.block_size)
-        try:
-            sizes = runner.capture_decode_graphs(cfg.max_num_seqs, max_blocks)
-        except RuntimeError as exc:
-            raise ModelLoadError(self.model.path, f"capturing the decode CUDA graphs failed ({exc}); "
-                                 "serve without --cuda-graphs") from exc
-        log.info("cuda_graphs", batch_sizes=sizes, max_blocks_per_seq=max_blocks)
-
-    def _gpu_budget(self, bytes_per_token: int, context_length: int) -> tuple[int, str]:
-        """gpu_kv_cache_bytes() from a measured full-size step and the device's free memory now."""
-        cfg = self.config
-        step = self.runner.measure_step_bytes(cfg.max_num_batched_tokens, cfg.max_num_batched_tokens)
-        if cfg.cuda_graphs:  # the graphs keep a decode step's activations for good, beside the eager steps'
-            step *= 2
-        step += self.sampler.workspace_bytes(cfg.max_num_seqs, self.model.config.vocab_size)
-        free, total = self.runner.device_memory()
-        budget = gpu_kv_cache_bytes(cfg, bytes_per_token, context_length, free, total, step)
-        log.info("gpu_memory", free=free, total=total, step_bytes=step, kv_budget=budget,
-                 gpu_memory_utilization=cfg.gpu_memory_utilization)
-        why = (f"the GPU has {free >> 20} MiB free of {total >> 20} MiB and a step needs {step >> 20} MiB; "
-               f"raise --gpu-memory-utilization (now {cfg.gpu_memory_utilization}), free the GPU, "
-               "or lower --max-num-batched-tokens")
-        return budget, why
+    def _make_runner(self) -> RunnerSetup:
+        return make_runner(self.config, self.model, self.device)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
+        if not config.model_path:
+            raise ModelLoadError("", "no model path: pass --model (or set CYSERVE_MODEL)")
         model = load_gguf(config.model_path)
         try:
             tokenizer = Tokenizer.from_gguf(model.reader)
@@ -258,13 +94,12 @@ class Engine:
 
     def _model_info(self) -> ModelInfo:
         cfg = self.model.config
-        field = self.model.reader.fields.get("tokenizer.chat_template")
         return ModelInfo(
             name=cfg.name, path=self.model.path, architecture=cfg.architecture, vocab_size=cfg.vocab_size,
             context_length=cfg.context_length, max_model_len=self.max_model_len, num_layers=cfg.num_layers,
             hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-            quantization=cfg.file_type, bos_token_id=self.tokenizer.bos_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, chat_template=str(field.contents()) if field else "",
+            quantization=cfg.file_type, bos_token_id=_id_or_none(self.tokenizer.bos_token_id),
+            eos_token_id=_id_or_none(self.tokenizer.eos_token_id), chat_template=self.model.chat_template,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -298,32 +133,10 @@ class Engine:
     # ---- the asyncio side ------------------------------------------------------------------
 
     def _make_sequence(self, req: EngineRequest) -> Sequence:
-        n = len(req.prompt_token_ids)
-        if n == 0:
-            raise InvalidRequestError("prompt", "is empty: give at least one token of prompt")
-        vocab = self.model.config.vocab_size
-        bad = next((t for t in req.prompt_token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError("prompt_token_ids", f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
-        bad = next((t for t, _ in req.sampling.logit_bias if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError("sampling.logit_bias", f"token id {bad} is outside the vocabulary 0..{vocab - 1}")
-        if n >= self.max_model_len:
-            raise InvalidRequestError(
-                "prompt", f"is {n} tokens; this server's limit is {self.max_model_len} tokens "
-                "including at least one generated token: shorten the prompt")
-        if req.stopping.max_tokens < 1:
-            raise InvalidRequestError("stopping.max_tokens", "must be at least 1")
-        if req.sampling.prompt_logprobs is not None and req.sampling.prompt_logprobs < 0:
-            raise InvalidRequestError("sampling.prompt_logprobs", "must be >= 0 (or None for none)")
-        if not -(2**31) <= req.priority < 2**31:
-            raise InvalidRequestError("priority", "must fit in a signed 32-bit integer")
+        seq = new_sequence(req, self._arrivals + 1, self.model.config.vocab_size, self.max_model_len,
+                           seed_state(req.sampling.seed))
         self._arrivals += 1
-        return Sequence(
-            request=req, arrival_index=self._arrivals, token_ids=list(req.prompt_token_ids),
-            num_prompt_tokens=n, max_len=min(n + req.stopping.max_tokens, self.max_model_len),
-            rng_state=seed_state(req.sampling.seed),
-        )
+        return seq
 
     async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs; leaving the loop early (or being cancelled) aborts it."""
@@ -394,28 +207,21 @@ class Engine:
 
     def _step(self, batch: dict) -> None:
         out = self.scheduler.schedule()
-        now = time.monotonic()
-        self._note_scheduled(out, now)
+        self._note_scheduled(out, time.monotonic())
         if not out.scheduled:
             return
-        items = [(s.token_ids, s.num_computed_tokens, s.num_scheduled_tokens, s.block_ids, self._logit_rows(s))
-                 for s in out.scheduled]
-        logprobs: list = []  # per sampled row: None or (logprob, top alternatives)
         try:
-            inputs = build_inputs(items, self.block_size)
-            logits = self.runner.forward(inputs)
-            if any(item[4] == LogitRows.ALL for item in items):
-                logits = self._score_prompts(out.scheduled, items, inputs.logits_start_loc, logits)
-            tokens = self.sampler.sample(logits, out.sampling, self.eos_token_ids, logprobs)
+            result = self.runner.execute(out, self.eos_token_ids)
         except Exception as exc:  # a kernel rejected the batch, or the device ran out of memory: fail it, keep serving
-            log.exception("forward_failed", num_seqs=len(items))
+            log.exception("forward_failed", num_seqs=len(out.scheduled))
             for seq in out.scheduled:
                 self.scheduler.finish(seq)
                 self._emit(batch, seq, exc)
             return
         self.scheduler.update(out)
+        self._add_prompt_logprobs(out.scheduled, result)
         now = time.monotonic()
-        for seq, token, token_logprobs in zip(out.sampling, tokens, logprobs):
+        for seq, token, token_logprobs in zip(out.sampling, result.token_ids, result.logprobs):
             seq.token_ids.append(token)
             sub = self._subscribers.get(seq.request_id)
             if sub is None:  # nobody listens any more (cannot happen while generate() holds it)
@@ -423,52 +229,33 @@ class Engine:
                 continue
             if not sub.timings.first_token:
                 sub.timings.first_token = now
-            result = sub.state.on_token(token)
-            result.num_cached_tokens = seq.num_cached_tokens
+            output = sub.state.on_token(token)
+            output.num_cached_tokens = seq.num_cached_tokens
             if token_logprobs is not None:
-                result.logprobs = [token_logprobs]
+                output.logprobs = [token_logprobs]
             if sub.prompt_logprobs is not None:  # complete once the prompt's last row is sampled
-                result.prompt_logprobs, sub.prompt_logprobs = sub.prompt_logprobs, None
-            if result.finished:
+                output.prompt_logprobs, sub.prompt_logprobs = sub.prompt_logprobs, None
+            if output.finished:
                 self.scheduler.finish(seq)
-            self._emit(batch, seq, result)
+            self._emit(batch, seq, output)
 
-    def _logit_rows(self, seq: Sequence) -> LogitRows:
-        """ALL while the sequence's prompt logprobs lack rows this chunk computes; else the sampling
-        row when the chunk ends at its last token."""
-        sub = self._subscribers.get(seq.request_id)
-        if sub is not None and sub.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens - 1:
-            return LogitRows.ALL
-        return LogitRows.LAST if seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq.token_ids) else LogitRows.NONE
-
-    def _score_prompts(self, scheduled: list, items: list, logits_start_loc, logits):
-        """Append this chunk's prompt logprobs to each ALL sequence's; returns the logits of the
-        sampling rows only (one per sequence of `out.sampling`, in order), as sample() wants them.
-        Row position p scores prompt token p + 1; rows already scored (a chunk recomputed after
-        preemption) are skipped."""
-        sampling_rows = []
-        for i, seq in enumerate(scheduled):
-            lo, hi = int(logits_start_loc[i]), int(logits_start_loc[i + 1])
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
-            if hi > lo and end == len(seq.token_ids):
-                sampling_rows.append(hi - 1)
+    def _add_prompt_logprobs(self, scheduled: list, result: RunnerOutput) -> None:
+        """Append the rows the runner scored to each request's prompt logprobs."""
+        if not result.prompt_logprobs:
+            return
+        for seq in scheduled:
+            chunk = result.prompt_logprobs.get(seq.request_id)
+            if chunk is None:
+                continue
+            seq.num_scored_prompt_rows += len(chunk)
             sub = self._subscribers.get(seq.request_id)
-            if items[i][4] != LogitRows.ALL or sub is None or sub.prompt_logprobs is None:
+            if sub is None or sub.prompt_logprobs is None:
                 continue
             acc = sub.prompt_logprobs
-            first, last = len(acc), min(end, seq.num_prompt_tokens - 1)  # row positions [first, last)
-            if first < start:
-                raise RuntimeError(f"prompt logprobs of {seq.request_id!r} miss rows {first}..{start - 1}")
-            if last <= first:
-                continue
-            targets = seq.token_ids[first + 1:last + 1]
-            lp, top_ids, top_lp = self.sampler.rows_logprobs(logits[lo + first - start:lo + last - start], targets,
-                                                             seq.request.sampling.prompt_logprobs)
-            acc.token_ids.extend(targets)
-            acc.logprobs.extend(lp.tolist())
-            acc.top_ids.extend(top_ids.tolist())
-            acc.top_logprobs.extend(top_lp.tolist())
-        return logits[sampling_rows]
+            acc.token_ids.extend(chunk.token_ids)
+            acc.logprobs.extend(chunk.logprobs)
+            acc.top_ids.extend(chunk.top_ids)
+            acc.top_logprobs.extend(chunk.top_logprobs)
 
     def _note_scheduled(self, out, now: float) -> None:
         """Timestamps for the service's traces: first scheduled, prefill chunks, preemptions."""
@@ -513,3 +300,7 @@ class Engine:
 def _put_all(pairs: list) -> None:
     for queue, item in pairs:
         queue.put_nowait(item)
+
+
+def _id_or_none(token_id: int | None) -> int:
+    return -1 if token_id is None else token_id

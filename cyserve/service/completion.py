@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput
+from cyserve.fastpath.core.request import EngineRequest, FinishReason, RequestOutput
 from cyserve.service.errors import GenerationFailedError
 from cyserve.v1 import generation_pb2 as pb
 

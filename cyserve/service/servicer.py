@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from cyserve.fastpath.request import EngineRequest, RequestOutput
+from cyserve.fastpath.core.request import EngineRequest, RequestOutput
 from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
 from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
 from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from cyserve.fastpath.request import EngineRequest, RequestOutput, RequestTimings
+from cyserve.fastpath.core.request import EngineRequest, RequestOutput, RequestTimings
 from cyserve.service.errors import status_for
 from cyserve.service.metrics import PROVIDER_NAME, RequestSummary, ServiceMetrics
 from cyserve.service.rpc_telemetry import (

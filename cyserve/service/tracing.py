@@ -1,6 +1,6 @@
 """OpenTelemetry tracing: the tracer provider configured by the standard `OTEL_*` variables, and
 the per-request child spans (queue, prefill, decode) built after the fact from the timestamps
-the engine recorded (cyserve.fastpath.request.RequestTimings), so the engine thread never traces.
+the engine recorded (cyserve.fastpath.core.request.RequestTimings), so the engine thread never traces.
 
 Tracing is on when an exporter is asked for, and off otherwise (then the service does no span
 work at all):
@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-from cyserve.fastpath.request import RequestTimings
+from cyserve.fastpath.core.request import RequestTimings
 
 TRACER_NAME = "cyserve.service"
 DEFAULT_SERVICE_NAME = "cyserve"

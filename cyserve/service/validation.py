@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cyserve.fastpath.request import SamplingParams, StoppingParams
+from cyserve.fastpath.core.request import SamplingParams, StoppingParams
 from cyserve.v1 import generation_pb2 as pb
 
 MAX_REQUEST_ID_CHARS = 128

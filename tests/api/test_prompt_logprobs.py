@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from server_support import serving, violation_fields
 
-from cyserve.fastpath.engine import Engine, EngineConfig
-from cyserve.fastpath.request import EngineRequest, RequestOutput, SamplingParams, StoppingParams
-from cyserve.fastpath.sampler import rows_logprobs
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
+from cyserve.fastpath.core.request import EngineRequest, RequestOutput, SamplingParams, StoppingParams
+from cyserve.fastpath.model.cpu_sampler import rows_logprobs
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 

@@ -5,8 +5,9 @@ import numpy as np
 
 from types import SimpleNamespace
 
-from cyserve.fastpath.gguf_model import GGUFModel
-from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs, cpu_kernels
+from cyserve.fastpath.model.gguf_loader import ModelWeights
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner, cpu_kernels
+from cyserve.fastpath.model.batch import BatchInputs, build_inputs
 from cyserve.kernels.cpu.quant_matmul import dequantize
 
 BLOCK_SIZE = 16
@@ -17,7 +18,7 @@ BLOCKS_A = [17, 3, 9, 21]  # scattered on purpose: a runner reading blocks in or
 BLOCKS_B = [5, 12]
 
 
-def f32_activation_runner(model: GGUFModel) -> ModelRunner:
+def f32_activation_runner(model: ModelWeights) -> CpuModelRunner:
     """The CPU runner with unquantized activations: its linear layers multiply f32 x by the
     dequantized weights, as the GPU path does (the CPU kernels' int8 activations would add their
     own ~1 logit of quantization noise and hide a runner bug under it). Everything else is the
@@ -30,7 +31,7 @@ def f32_activation_runner(model: GGUFModel) -> ModelRunner:
         np.matmul(x, dense[id(w)].T, out=out)
 
     kernels = SimpleNamespace(**{**vars(cpu_kernels()), "matmul": matmul})
-    return ModelRunner(model, NUM_BLOCKS, BLOCK_SIZE, kernels=kernels)
+    return CpuModelRunner(model, NUM_BLOCKS, BLOCK_SIZE, kernels=kernels)
 
 
 def scenario() -> list[BatchInputs]:

@@ -9,7 +9,7 @@ from gpu import require_gpu
 torch = require_gpu("the CUDA kernel test")
 
 import cuda_parity as P  # noqa: E402
-from cyserve.fastpath.torch_runner import cuda_ops  # noqa: E402
+from cyserve.fastpath.model.torch_runner import cuda_ops  # noqa: E402
 
 F16 = torch.float16
 ATTENTION_BATCHES = {

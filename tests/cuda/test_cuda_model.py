@@ -13,7 +13,7 @@ from gpu import require_gpu
 
 torch = require_gpu("the GPU model test")
 
-from cyserve.fastpath.torch_runner import TorchModelRunner  # noqa: E402
+from cyserve.fastpath.model.torch_runner import TorchModelRunner  # noqa: E402
 from runner_steps import (  # noqa: E402
     BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, f32_activation_runner, scenario,
 )
@@ -35,7 +35,7 @@ def test_device_sampler_on_gpu_picks_what_the_host_sampler_picks():
     import numpy as np
 
     from cyserve.fastpath import sampler as host
-    from cyserve.fastpath.device_sampler import DeviceSampler
+    from cyserve.fastpath.model.device_sampler import DeviceSampler
     from test_device_sampler import EOS, batch, twin
 
     for step in range(4):
@@ -50,15 +50,16 @@ def test_device_sampler_on_gpu_picks_what_the_host_sampler_picks():
 def test_engine_generates_on_cuda_with_the_kv_cache_sized_from_the_gpu(model_path):
     import asyncio
 
-    from cyserve.fastpath.engine import Engine, EngineConfig
-    from cyserve.fastpath.device_sampler import DeviceSampler
-    from cyserve.fastpath.model_runner import build_inputs
-    from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
+    from cyserve.fastpath.model.device_sampler import DeviceSampler
+    from cyserve.fastpath.model.batch import build_inputs
+    from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 
     cfg = EngineConfig(model_path=model_path, device="cuda", max_num_seqs=8, max_model_len=2048)
     eng = Engine.from_config(cfg)  # no kv_cache_bytes: sized from torch.cuda.mem_get_info
     assert eng.device == "cuda" and isinstance(eng.runner, TorchModelRunner)
-    assert isinstance(eng.sampler, DeviceSampler)
+    assert isinstance(eng.runner.sampler, DeviceSampler)
     # a lent GPU has far more free memory than 8 contexts of 2048 tokens need (377 MB): the need binds
     assert eng.allocator.num_blocks == 8 * 2048 // eng.block_size
     free, total = torch.cuda.mem_get_info()
@@ -99,8 +100,9 @@ def test_decode_graphs_replay_the_eager_pass(gguf_model):
 def test_engine_with_cuda_graphs_generates_what_it_does_without(model_path):
     import asyncio
 
-    from cyserve.fastpath.engine import Engine, EngineConfig
-    from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
+    from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 
     def greedy(cuda_graphs: bool) -> list[list[int]]:
         eng = Engine.from_config(EngineConfig(model_path=model_path, device="cuda", kv_cache_bytes=64 << 20,

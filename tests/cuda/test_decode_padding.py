@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cyserve.fastpath.cuda_graphs import StaticInputs, graph_batch_sizes, is_decode_batch, padded_decode_inputs
-from cyserve.fastpath.torch_runner import TorchModelRunner
+from cyserve.fastpath.model.cuda_graphs import StaticInputs, graph_batch_sizes, is_decode_batch, padded_decode_inputs
+from cyserve.fastpath.model.torch_runner import TorchModelRunner
 from runner_steps import BLOCK_SIZE, BLOCKS_A, BLOCKS_B, NUM_BLOCKS, scenario
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cyserve.fastpath import sampler as host
-from cyserve.fastpath.device_sampler import DeviceSampler
-from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.model.device_sampler import DeviceSampler
+from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.core.sequence import Sequence
 
 VOCAB = 300
 EOS = 7

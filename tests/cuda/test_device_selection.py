@@ -1,9 +1,10 @@
 """`--device auto|cpu|cuda`: what each picks here, and the error when cuda cannot run."""
 import pytest
 
-from cyserve.fastpath.engine import Engine, EngineConfig
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import ModelLoadError
-from cyserve.fastpath.model_runner import ModelRunner
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
 from cyserve.kernels.cuda import CudaUnavailableError, cuda_available, select_device
 from cyserve.service.config import ServerConfig
 
@@ -43,7 +44,7 @@ def test_server_config_carries_the_device():
 def test_engine_runs_on_the_device_auto_picks(engine):
     assert engine.device == HERE
     if HERE == "cpu":
-        assert isinstance(engine.runner, ModelRunner)
+        assert isinstance(engine.runner, CpuModelRunner)
 
 
 def test_engine_refuses_cuda_it_cannot_run(model_path):
@@ -64,8 +65,9 @@ def test_cli_device_flag():
 
 NO_TORCH_SCRIPT = """
 import sys
-from cyserve.fastpath.engine import Engine, EngineConfig
-from cyserve.fastpath.gguf_model import load_gguf
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
+from cyserve.fastpath.model.gguf_loader import load_gguf
 from cyserve.fastpath.tokenizer import Tokenizer
 m = load_gguf(sys.argv[1])
 for device in sys.argv[2:]:

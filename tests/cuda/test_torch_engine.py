@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from cyserve.fastpath import sampler as host_sampler
-from cyserve.fastpath.device_sampler import DeviceSampler
-from cyserve.fastpath.engine import Engine, EngineConfig, gpu_kv_cache_bytes
+from cyserve.fastpath.model import cpu_sampler as host_sampler
+from cyserve.fastpath.model.device_sampler import DeviceSampler
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig, gpu_kv_cache_bytes
 from cyserve.fastpath.errors import ModelLoadError
-from cyserve.fastpath.model_runner import build_inputs
-from cyserve.fastpath.request import EngineRequest, SamplingParams, StoppingParams
+from cyserve.fastpath.model.batch import build_inputs
+from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 from cyserve.fastpath.tokenizer import Tokenizer
-from cyserve.fastpath.torch_runner import TorchModelRunner
+from cyserve.fastpath.model.torch_runner import TorchModelRunner
+from cyserve.fastpath.runner_setup import RunnerSetup, torch_runner
 
 PER_TOKEN = 23040  # SmolLM2-135M: 30 layers x 3 KV heads x 64 x 2 (K, V) x 2 bytes
 GiB = 1 << 30
@@ -26,9 +28,8 @@ class TorchOnCpuEngine(Engine):
     """The engine with its GPU branch on torch's CPU device (what `--device cuda` builds, but on
     the only device CI has)."""
 
-    def _make_runner(self) -> int:
-        self._check_sizes()
-        return self._make_torch_runner("cpu")
+    def _make_runner(self) -> RunnerSetup:
+        return torch_runner(self.config, self.model, "cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,7 +55,7 @@ def run(engine, *reqs):
 
 
 def test_the_gpu_branch_is_what_runs(torch_engine):
-    assert isinstance(torch_engine.runner, TorchModelRunner) and isinstance(torch_engine.sampler, DeviceSampler)
+    assert isinstance(torch_engine.runner, TorchModelRunner) and isinstance(torch_engine.runner.sampler, DeviceSampler)
     # the budget was the need (4 full contexts), not host memory: blocks for 4 x 512 tokens
     assert torch_engine.allocator.num_blocks == 4 * 512 * PER_TOKEN // TorchModelRunner.kv_bytes_per_block(
         torch_engine.model, torch_engine.block_size)

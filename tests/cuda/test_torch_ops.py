@@ -8,7 +8,7 @@ import torch
 
 import cuda_parity as P
 from cyserve.kernels.cuda import torch_ops
-from cyserve.fastpath.torch_runner import OP_NAMES, torch_ops as torch_ops_namespace
+from cyserve.fastpath.model.torch_runner import OP_NAMES, torch_ops as torch_ops_namespace
 
 DTYPES = [torch.float32, torch.float16]
 

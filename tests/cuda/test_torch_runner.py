@@ -1,4 +1,4 @@
-"""The torch model runner on the CPU device (pure-torch ops) against the CPU ModelRunner.
+"""The torch model runner on the CPU device (pure-torch ops) against the CPU CpuModelRunner.
 
 This proves the runner's own logic in every CI job, GPU or not: fused QKV and gate/up weights,
 the fp32 residual with fused add+RMSNorm, block tables, slot mapping, chunked prefill beside
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cyserve.fastpath.model_runner import ModelRunner
-from cyserve.fastpath.torch_runner import TorchModelRunner
+from cyserve.fastpath.model.cpu_runner import CpuModelRunner
+from cyserve.fastpath.model.torch_runner import TorchModelRunner
 from runner_steps import BLOCK_SIZE, NUM_BLOCKS, all_rows, assert_logits_close, f32_activation_runner, scenario
 
 LOGIT_ATOL = 2e-2
@@ -68,4 +68,4 @@ def test_kv_cache_layout_and_size(gguf_model):
     assert all(c.shape == shape and c.dtype == torch.float16 for c in runner.k_caches + runner.v_caches)
     per_block = sum(c[0].numel() * c.element_size() for c in runner.k_caches + runner.v_caches)
     assert TorchModelRunner.kv_bytes_per_block(gguf_model, BLOCK_SIZE) == per_block
-    assert per_block == ModelRunner.kv_bytes_per_block(gguf_model, BLOCK_SIZE)
+    assert per_block == CpuModelRunner.kv_bytes_per_block(gguf_model, BLOCK_SIZE)

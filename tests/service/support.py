@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from server_support import wait_until  # noqa: F401  (imported from here by tests/telemetry)
 
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
-from cyserve.fastpath.request import EngineRequest, FinishReason, RequestOutput
+from cyserve.fastpath.core.request import EngineRequest, FinishReason, RequestOutput
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -16,7 +16,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_support import details_of, running_server
 
-from cyserve.fastpath.engine import Engine, EngineConfig
+from cyserve.fastpath.engine import Engine
+from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.service.server import HEALTH_SERVICES
 from cyserve.v1 import generation_pb2 as pb

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from cyserve.fastpath.request import FinishReason, SamplingParams, StoppingParams
+from cyserve.fastpath.core.request import FinishReason, SamplingParams, StoppingParams
 from cyserve.service.errors import bad_request_status
 from cyserve.service.validation import (
     FieldViolation,

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_support import serving as telemetry_server  # noqa: F401  (the telemetry tests' name)
 from service.support import FakeEngine
 
-from cyserve.fastpath.request import EngineRequest, RequestOutput, RequestTimings
+from cyserve.fastpath.core.request import EngineRequest, RequestOutput, RequestTimings
 
 # The phases TimedFakeEngine reports (synthetic timestamps: exact values to assert on).
 QUEUE_S = 0.004

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from service.support import wait_until
 
-from cyserve.fastpath.request import RequestTimings
+from cyserve.fastpath.core.request import RequestTimings
 from cyserve.service.tracing import (
     configure_tracing,
     exporter_names,

@@ -15,8 +15,8 @@ import os
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
-from cyserve.fastpath.block_allocator cimport BlockAllocator
-from cyserve.fastpath.sequence cimport Sequence
+from cyserve.fastpath.core.block_allocator cimport BlockAllocator
+from cyserve.fastpath.core.sequence cimport Sequence
 
 cdef uint64_t MUL_A = 0x9E3779B97F4A7C15ULL
 cdef uint64_t MUL_B = 0xC2B2AE3D27D4EB4FULL

@@ -1,6 +1,8 @@
-"""The llama forward pass as one native call with the GIL released.
+"""The CPU forward pass as one native call with the GIL released.
 
-`LlamaForward` holds raw pointers to a GGUFModel's weights, the runner's per-layer fp16 KV caches
+`CpuForward` reads the model's architecture description (architecture.py) once, at construction,
+into flags and pointers (NULL for a feature the architecture lacks), and holds raw pointers to a
+ModelWeights' weights, the runner's per-layer fp16 KV caches
 and one preallocated f32 workspace. `forward` validates a flattened batch once, under the GIL,
 then runs embedding -> every layer -> final norm -> logits for the requested rows in a single
 `nogil` block through the CPU kernels' C entry points: no numpy allocation and no return to
@@ -24,6 +26,7 @@ from cyserve.kernels.cpu.norm cimport rms_norm_nogil
 from cyserve.kernels.cpu.quant_matmul cimport get_rows_nogil, matmul_nogil
 from cyserve.kernels.cpu.rope cimport rope_nogil
 
+from cyserve.fastpath.model.architecture import RopeStyle
 from cyserve.kernels.cpu.quant_matmul import row_bytes
 
 # Kernels that can fail (return a CYS_ERR_* code), named in the error message.
@@ -37,7 +40,7 @@ _KERNEL_NAMES = {K_GET_ROWS: "get_rows", K_MATMUL: "matmul", K_ROPE: "rope",
 
 
 cdef WeightRef _weight_ref(w, int64_t rows, int64_t cols, list owners) except *:
-    """Pointer view of a gguf_model.Weight, after checking it is the [rows, cols] matrix we need."""
+    """Pointer view of a weights.Weight, after checking it is the [rows, cols] matrix we need."""
     if (w.rows, w.cols) != (rows, cols):
         raise ValueError(f"weight {w.name!r} is [{w.rows}x{w.cols}], the config needs [{rows}x{cols}]")
     cdef const uint8_t[:, ::1] data = w.data
@@ -63,6 +66,13 @@ cdef const float *_vector_ref(v, int64_t n, str name, list owners) except NULL:
     return &data[0]
 
 
+cdef const float *_optional_ref(v, int64_t n, str name, list owners) except? NULL:
+    """_vector_ref, or NULL when the layer has no such tensor (None)."""
+    if v is None:
+        return NULL
+    return _vector_ref(v, n, name, owners)
+
+
 cdef uint16_t *_cache_ref(cache, tuple shape, str name, list owners) except NULL:
     if not isinstance(cache, np.ndarray) or cache.dtype != np.float16 or cache.shape != shape:
         raise ValueError(f"{name} must be a float16 array of shape {shape} "
@@ -77,14 +87,14 @@ def _int32_array(name: str, arr, int ndim):
     if not isinstance(arr, np.ndarray) or arr.dtype != np.int32 or arr.ndim != ndim:
         got = f"{arr.dtype}[{', '.join(map(str, arr.shape))}]" if isinstance(arr, np.ndarray) else type(arr).__name__
         raise ValueError(f"{name} must be an int32 array with {ndim} dimension(s), got {got}: "
-                         f"build the batch with model_runner.build_inputs")
+                         f"build the batch with batch.build_inputs")
     return np.ascontiguousarray(arr)
 
 
-cdef class LlamaForward:
+cdef class CpuForward:
     """embedding -> layers -> final norm -> logits for one flattened batch, without the GIL.
 
-    model: a gguf_model.GGUFModel (weights stay memory-mapped; this object keeps them alive).
+    model: a weights.ModelWeights (weights stay memory-mapped; this object keeps them alive).
     k_caches, v_caches: one float16 [num_blocks, num_kv_heads, block_size, head_dim] array per
     layer, shared with the caller (the Python loop of ModelRunner reads and writes the same ones).
     max_num_tokens: workspace rows allocated now; a bigger batch grows it once.
@@ -106,6 +116,8 @@ cdef class LlamaForward:
         self.vocab_size = cfg.vocab_size
         self.context_length = cfg.context_length
         self.rope_theta = cfg.rope_theta
+        self.rope_neox = model.arch.rope_style is RopeStyle.NEOX
+        self.embedding_scale = np.sqrt(cfg.hidden_size) if model.arch.scale_embeddings else 0.0
         self.eps = cfg.rms_norm_eps
         self.scale = 1.0 / np.sqrt(cfg.head_dim)
         self.block_size = block_size
@@ -126,7 +138,7 @@ cdef class LlamaForward:
         self.output_norm = _vector_ref(model.output_norm, H, "output_norm", owners)
         self.layers = <LayerRefs *>malloc(self.num_layers * sizeof(LayerRefs))
         if self.layers == NULL:
-            raise MemoryError("LlamaForward: no memory for the layer table")
+            raise MemoryError("CpuForward: no memory for the layer table")
         cdef LayerRefs *L
         for i, lw in enumerate(model.layers):
             L = &self.layers[i]
@@ -139,6 +151,13 @@ cdef class LlamaForward:
             L.w_gate = _weight_ref(lw.w_gate, F, H, owners)
             L.w_up = _weight_ref(lw.w_up, F, H, owners)
             L.w_down = _weight_ref(lw.w_down, H, F, owners)
+            L.bq = _optional_ref(lw.bq, NQ, f"layer {i} bq", owners)
+            L.bk = _optional_ref(lw.bk, NKV, f"layer {i} bk", owners)
+            L.bv = _optional_ref(lw.bv, NKV, f"layer {i} bv", owners)
+            L.q_norm = _optional_ref(lw.q_norm, self.head_dim, f"layer {i} q_norm", owners)
+            L.k_norm = _optional_ref(lw.k_norm, self.head_dim, f"layer {i} k_norm", owners)
+            L.post_attn_norm = _optional_ref(lw.post_attn_norm, H, f"layer {i} post_attn_norm", owners)
+            L.post_ffn_norm = _optional_ref(lw.post_ffn_norm, H, f"layer {i} post_ffn_norm", owners)
             L.k_cache = _cache_ref(k_caches[i], shape, f"k_caches[{i}]", owners)
             L.v_cache = _cache_ref(v_caches[i], shape, f"v_caches[{i}]", owners)
             if L.k_cache == L.v_cache:
@@ -167,7 +186,7 @@ cdef class LlamaForward:
                 context_lens, logits_indices):
         """f32[R, vocab] next-token logits of rows logits_indices of the flattened batch.
 
-        Arguments are model_runner.BatchInputs' fields. Writes this step's K/V into the caches.
+        Arguments are batch.BatchInputs' fields. Writes this step's K/V into the caches.
         Raises ValueError (before touching anything) if the batch does not fit the model or cache.
         """
         token_ids = _int32_array("token_ids", token_ids, 1)
@@ -203,7 +222,7 @@ cdef class LlamaForward:
         a.logits_indices = &rows[0] if R else NULL
         a.logits = &out[0, 0] if R else NULL
         if self._busy:
-            raise RuntimeError("LlamaForward.forward is already running on another thread: "
+            raise RuntimeError("CpuForward.forward is already running on another thread: "
                                "one engine thread must own the runner")
         self._ensure_capacity(max(T, R))
         self._busy = True
@@ -264,6 +283,8 @@ cdef class LlamaForward:
                             T, h)
         if rc:
             return rc
+        if self.embedding_scale != 0.0:
+            _scale(h, T * H, self.embedding_scale)
         for l in range(self.num_layers):
             self._failed_layer = l
             rc = self._layer(a, &self.layers[l])
@@ -304,10 +325,17 @@ cdef class LlamaForward:
             rc = _linear(x, T, &L.wv, v)
         if rc:
             return rc
+        _add_bias(q, T, L.bq, Hq * Dh)
+        _add_bias(k, T, L.bk, Hkv * Dh)
+        _add_bias(v, T, L.bv, Hkv * Dh)
+        if L.q_norm != NULL:  # per head: T * heads rows of head_dim
+            rms_norm_nogil(q, L.q_norm, T * Hq, Dh, self.eps, q)
+        if L.k_norm != NULL:
+            rms_norm_nogil(k, L.k_norm, T * Hkv, Dh, self.eps, k)
         self._failed_kernel = K_ROPE
-        rc = rope_nogil(q, a.positions, T, Hq, Dh, self.rope_theta, False)
+        rc = rope_nogil(q, a.positions, T, Hq, Dh, self.rope_theta, self.rope_neox)
         if rc == 0:
-            rc = rope_nogil(k, a.positions, T, Hkv, Dh, self.rope_theta, False)
+            rc = rope_nogil(k, a.positions, T, Hkv, Dh, self.rope_theta, self.rope_neox)
         if rc:
             return rc
         reshape_and_cache_nogil(k, v, T, L.k_cache, L.v_cache, Hkv, self.block_size, Dh,
@@ -322,6 +350,8 @@ cdef class LlamaForward:
         rc = _linear(attn, T, &L.wo, o)
         if rc:
             return rc
+        if L.post_attn_norm != NULL:
+            rms_norm_nogil(o, L.post_attn_norm, T, H, self.eps, o)
         add_nogil(h, o, T * H)
         rms_norm_nogil(h, L.ffn_norm, T, H, self.eps, x)
         rc = _linear(x, T, &L.w_gate, gate)
@@ -333,6 +363,8 @@ cdef class LlamaForward:
         rc = _linear(gate, T, &L.w_down, o)
         if rc:
             return rc
+        if L.post_ffn_norm != NULL:
+            rms_norm_nogil(o, L.post_ffn_norm, T, H, self.eps, o)
         add_nogil(h, o, T * H)
         return 0
 
@@ -340,3 +372,18 @@ cdef class LlamaForward:
 cdef inline int _linear(const float *x, int64_t T, const WeightRef *w, float *out) noexcept nogil:
     """out[T, w.rows] = x[T, w.cols] @ W.T"""
     return matmul_nogil(x, T, w.cols, w.data, w.row_bytes, w.wtype, w.rows, out)
+
+
+cdef inline void _add_bias(float *x, int64_t T, const float *bias, int64_t n) noexcept nogil:
+    """x[t, :] += bias for every row t of x[T, n]; nothing when bias is NULL."""
+    cdef int64_t t
+    if bias == NULL:
+        return
+    for t in range(T):
+        add_nogil(x + t * n, bias, n)
+
+
+cdef inline void _scale(float *x, int64_t n, float factor) noexcept nogil:
+    cdef int64_t i
+    for i in range(n):
+        x[i] *= factor

@@ -1,4 +1,4 @@
-# The llama forward pass as one native call: weight pointers, KV cache pointers and f32 workspace.
+# The CPU forward pass as one native call: weight pointers, KV cache pointers and f32 workspace.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 
 
@@ -14,6 +14,14 @@ cdef struct LayerRefs:
     const float *attn_norm   # f32[hidden]
     const float *ffn_norm    # f32[hidden]
     WeightRef wq, wk, wv, wo, w_gate, w_up, w_down
+    # NULL unless the architecture has the feature (architecture.py)
+    const float *bq          # f32[Hq*Dh] (qkv_bias)
+    const float *bk          # f32[Hkv*Dh]
+    const float *bv
+    const float *q_norm      # f32[Dh] (qk_norm)
+    const float *k_norm
+    const float *post_attn_norm  # f32[hidden] (post_sublayer_norms)
+    const float *post_ffn_norm
     uint16_t *k_cache        # fp16 bits [num_blocks, Hkv, BS, Dh]
     uint16_t *v_cache
 
@@ -34,12 +42,14 @@ cdef struct StepArgs:
     float *logits            # f32[R, vocab]
 
 
-cdef class LlamaForward:
+cdef class CpuForward:
     cdef readonly int64_t num_layers, hidden_size, num_heads, num_kv_heads, head_dim
     cdef readonly int64_t intermediate_size, vocab_size, context_length
     cdef readonly int64_t num_blocks, block_size
     cdef readonly int64_t capacity       # tokens the workspace holds now (grows on demand)
     cdef double rope_theta
+    cdef bint rope_neox                  # RopeStyle.NEOX: rotate (i, i + Dh/2), else (2i, 2i+1)
+    cdef float embedding_scale           # 0: embeddings as stored (scale_embeddings off)
     cdef float eps, scale
     cdef LayerRefs *layers
     cdef WeightRef embd, output

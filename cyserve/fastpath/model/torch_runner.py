@@ -1,11 +1,13 @@
-"""Runs the llama forward pass on torch tensors: the GPU path, with the CPU path's scheduler and blocks.
+"""The torch runner: the forward pass on torch tensors (the GPU path), with the CPU path's
+scheduler and blocks.
 
-Same interface as `ModelRunner` (`forward(BatchInputs) -> f32[R, vocab]`, `kv_bytes_per_block`), so
-the engine, scheduler, block allocator, block tables and slot mapping are shared unchanged. What
-differs is where things live:
+Same interface as `cpu_runner.CpuModelRunner` (`execute(SchedulerOutput) -> RunnerOutput`,
+`forward(BatchInputs)`, `kv_bytes_per_block`), reading the same architecture description
+(architecture.py), so the engine, scheduler, block allocator, block tables and slot mapping are
+shared unchanged. What differs is where things live:
 
-* the logits stay on the device (a torch tensor): `device_sampler.DeviceSampler` picks the tokens
-  there, so only token ids cross to the host each step;
+* the logits stay on the device (a torch tensor): its sampler, `device_sampler.DeviceSampler`,
+  picks the tokens there, so only token ids cross to the host each step;
 * the KV cache is allocated after the weights (`allocate_kv_cache`), so the engine can size it
   from the device memory left once the weights and one full-size step (`measure_step_bytes`) are in;
 * weights are dequantized once at load (by our CPU `dequantize` kernel) to fp16 on the device; Q, K
@@ -25,8 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyserve.fastpath.gguf_model import GGUFModel, Weight, WeightType
-from cyserve.fastpath.model_runner import BatchInputs, ModelRunner, build_inputs
+from cyserve.fastpath.model.architecture import RopeStyle
+from cyserve.fastpath.model.batch import BatchInputs, build_inputs
+from cyserve.fastpath.model.device_sampler import DeviceSampler
+from cyserve.fastpath.model.runner import RunnerBase, kv_bytes_per_block
+from cyserve.fastpath.model.weights import ModelWeights, Weight, WeightType
 
 OP_NAMES = ("reshape_and_cache", "paged_attention", "fused_add_rms_norm", "rope", "silu_mul", "dequant_gemv")
 GEMV_WTYPES = (WeightType.Q4_0, WeightType.Q4_1, WeightType.Q8_0)
@@ -58,11 +63,20 @@ def _dequantized(weights: list[Weight]) -> np.ndarray:
     return np.concatenate([dequantize(w.data, int(w.wtype), w.cols) for w in weights])
 
 
-class _Linear:
-    """One (possibly fused) weight on the device: fp16 for cuBLAS, raw GGUF rows for the GEMV."""
+def _vector(values: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if values is None else torch.from_numpy(np.array(values, dtype=np.float32)).to(device)
 
-    def __init__(self, weights: list[Weight], device: torch.device, dtype: torch.dtype, keep_raw: bool) -> None:
+
+class _Linear:
+    """One (possibly fused) weight on the device: fp16 for cuBLAS, raw GGUF rows for the GEMV,
+    and its bias (the parts' biases concatenated) when the architecture has one."""
+
+    def __init__(self, weights: list[Weight], device: torch.device, dtype: torch.dtype, keep_raw: bool,
+                 biases: list[np.ndarray | None] | None = None) -> None:
         self.weight = torch.from_numpy(_dequantized(weights)).to(device=device, dtype=dtype)  # [N, K]
+        self.bias = None
+        if biases and biases[0] is not None:
+            self.bias = _vector(np.concatenate(biases), device).to(dtype)
         wtypes = {w.wtype for w in weights}
         self.wtype = wtypes.pop() if len(wtypes) == 1 else None
         self.raw = None  # uint8[N, row_bytes]
@@ -70,8 +84,15 @@ class _Linear:
             self.raw = torch.from_numpy(np.concatenate([w.data for w in weights])).to(device)
 
 
-class TorchModelRunner:
-    def __init__(self, model: GGUFModel, num_blocks: int, block_size: int, device: str = "cuda",
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, width: int) -> torch.Tensor:
+    """RMSNorm over groups of `width` columns of x[T, n] (width = head_dim: per head), in fp32."""
+    rows = x.reshape(x.shape[0], -1, width).float()
+    rows = rows * torch.rsqrt(rows.pow(2).mean(-1, keepdim=True) + eps) * weight
+    return rows.reshape(x.shape).to(x.dtype)
+
+
+class TorchModelRunner(RunnerBase):
+    def __init__(self, model: ModelWeights, num_blocks: int, block_size: int, device: str = "cuda",
                  dtype: torch.dtype | None = None, ops: SimpleNamespace | None = None,
                  use_gemv: bool = False) -> None:
         """`num_blocks` 0 loads the weights only: call `allocate_kv_cache` before `forward`.
@@ -79,7 +100,7 @@ class TorchModelRunner:
         other devices, where torch's fp16 matmuls are slow. `use_gemv` also keeps the raw quantized
         rows on the device and sends batches of <= 8 tokens through the dequantizing GEMV."""
         cfg = model.config
-        self.model, self.cfg, self.block_size = model, cfg, block_size
+        self.model, self.cfg, self.arch, self.block_size = model, cfg, model.arch, block_size
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         self.dtype = dtype or (torch.float16 if on_gpu else torch.float32)
@@ -90,11 +111,13 @@ class TorchModelRunner:
         self.embedding = _Linear([model.token_embd], dev, dt, False).weight  # [vocab, hidden]
         self.output = (self.embedding if model.output is model.token_embd
                        else _Linear([model.output], dev, dt, False).weight)
-        vec = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).to(dev)  # noqa: E731
+        vec = lambda a: _vector(a, dev)  # noqa: E731
         self.layers = [
             SimpleNamespace(
                 attn_norm=vec(layer.attn_norm), ffn_norm=vec(layer.ffn_norm),
-                qkv=_Linear([layer.wq, layer.wk, layer.wv], dev, dt, use_gemv),
+                q_norm=vec(layer.q_norm), k_norm=vec(layer.k_norm),
+                post_attn_norm=vec(layer.post_attn_norm), post_ffn_norm=vec(layer.post_ffn_norm),
+                qkv=_Linear([layer.wq, layer.wk, layer.wv], dev, dt, use_gemv, [layer.bq, layer.bk, layer.bv]),
                 wo=_Linear([layer.wo], dev, dt, use_gemv),
                 gate_up=_Linear([layer.w_gate, layer.w_up], dev, dt, use_gemv),
                 down=_Linear([layer.w_down], dev, dt, use_gemv),
@@ -102,6 +125,7 @@ class TorchModelRunner:
             for layer in model.layers
         ]
         self.output_norm = vec(model.output_norm)
+        self.sampler = DeviceSampler(self.device)
         self.k_caches: list[torch.Tensor] = []
         self.v_caches: list[torch.Tensor] = []
         self.decode_graphs = None  # cuda_graphs.DecodeGraphs once capture_decode_graphs ran
@@ -109,8 +133,8 @@ class TorchModelRunner:
             self.allocate_kv_cache(num_blocks)
 
     @staticmethod
-    def kv_bytes_per_block(model: GGUFModel, block_size: int) -> int:
-        return ModelRunner.kv_bytes_per_block(model, block_size)  # same fp16 layout on both devices
+    def kv_bytes_per_block(model: ModelWeights, block_size: int) -> int:
+        return kv_bytes_per_block(model.config, block_size)
 
     @property
     def num_blocks(self) -> int:
@@ -169,8 +193,11 @@ class TorchModelRunner:
         if lin.raw is not None and x.shape[0] <= GEMV_MAX_TOKENS:
             out = torch.empty((x.shape[0], lin.weight.shape[0]), dtype=x.dtype, device=x.device)
             self.ops.dequant_gemv(out, x.contiguous(), lin.raw, int(lin.wtype))
-            return out
-        return F.linear(x, lin.weight)
+            return out if lin.bias is None else out.add_(lin.bias)
+        return F.linear(x, lin.weight, lin.bias)
+
+    def _post_norm(self, delta: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        return delta if weight is None else _rms_norm(delta, weight, self.cfg.rms_norm_eps, delta.shape[-1])
 
     def _to_device(self, inputs: BatchInputs) -> list[torch.Tensor]:
         """The step's int32 arrays on the device in one host-to-device copy (one buffer, then views)."""
@@ -188,7 +215,7 @@ class TorchModelRunner:
         """Capture the decode step as CUDA graphs (see cuda_graphs.py): batches of up to
         max_num_seqs single-token rows then replay a graph instead of launching ~10 kernels per
         layer from Python. Returns the captured batch sizes. CUDA only; after allocate_kv_cache."""
-        from cyserve.fastpath.cuda_graphs import DecodeGraphs
+        from cyserve.fastpath.model.cuda_graphs import DecodeGraphs
 
         if self.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device, not {self.device}")
@@ -215,11 +242,14 @@ class TorchModelRunner:
                          logits_indices: torch.Tensor) -> torch.Tensor:
         """The pass on device tensors: no host synchronisation and shapes fixed by the inputs', so a
         CUDA graph can capture it."""
-        cfg, ops = self.cfg, self.ops
+        cfg, ops, arch = self.cfg, self.ops, self.arch
         num_tokens = token_ids.shape[0]
         q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        neox = arch.rope_style is RopeStyle.NEOX
 
         h = self.embedding[token_ids].float()                                      # [T, hidden] fp32 residual
+        if arch.scale_embeddings:
+            h *= float(np.sqrt(cfg.hidden_size))
         x = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
         attn = torch.empty((num_tokens, q_width), dtype=self.dtype, device=self.device)
         act = torch.empty((num_tokens, cfg.intermediate_size), dtype=self.dtype, device=self.device)
@@ -229,13 +259,17 @@ class TorchModelRunner:
             qkv = self._linear(x, layer.qkv)                                       # [T, q + 2 kv]
             q, k = qkv[:, :q_width], qkv[:, q_width:q_width + kv_width]
             v = qkv[:, q_width + kv_width:]
-            ops.rope(q, k, positions, cfg.head_dim, cfg.rope_theta, False)
+            if layer.q_norm is not None:  # per head; new tensors, so rope may work in place
+                q = _rms_norm(q, layer.q_norm, cfg.rms_norm_eps, cfg.head_dim)
+                k = _rms_norm(k, layer.k_norm, cfg.rms_norm_eps, cfg.head_dim)
+            ops.rope(q, k, positions, cfg.head_dim, cfg.rope_theta, neox)
             ops.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
             ops.paged_attention(attn, q, k_cache, v_cache, block_tables, query_start_loc, context_lens,
                                 self.scale)
-            ops.fused_add_rms_norm(h, self._linear(attn, layer.wo), layer.ffn_norm, cfg.rms_norm_eps, x)
+            attn_out = self._post_norm(self._linear(attn, layer.wo), layer.post_attn_norm)
+            ops.fused_add_rms_norm(h, attn_out, layer.ffn_norm, cfg.rms_norm_eps, x)
             ops.silu_mul(act, self._linear(x, layer.gate_up))                      # [T, ffn]
-            delta = self._linear(act, layer.down)
+            delta = self._post_norm(self._linear(act, layer.down), layer.post_ffn_norm)
         last = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
         ops.fused_add_rms_norm(h, delta, self.output_norm, cfg.rms_norm_eps, last)
         logits = F.linear(last[logits_indices], self.output)                       # [R, vocab]

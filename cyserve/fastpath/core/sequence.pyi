@@ -1,7 +1,7 @@
 import enum
 from typing import Any, final
 
-from cyserve.fastpath.request import EngineRequest, FinishReason
+from cyserve.fastpath.core.request import EngineRequest, FinishReason
 
 class SequenceStatus(enum.IntEnum):
     WAITING = 0
@@ -26,6 +26,7 @@ class Sequence:
     num_cached_tokens: int
     num_scheduled_tokens: int
     preempted_at_step: int
+    num_scored_prompt_rows: int
     num_committed_blocks: int
     def __init__(self, request: EngineRequest, arrival_index: int, token_ids: list[int], num_prompt_tokens: int,
                  max_len: int, rng_state: int = 0, num_computed_tokens: int = 0, block_ids: list[int] | None = None,
@@ -38,6 +39,8 @@ class Sequence:
     def request_id(self) -> str: ...
     @property
     def num_tokens(self) -> int: ...
+    @property
+    def samples_next_token(self) -> bool: ...
     @property
     def num_output_tokens(self) -> int: ...
     @property

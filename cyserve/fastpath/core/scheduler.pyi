@@ -1,7 +1,7 @@
 from typing import final
 
-from cyserve.fastpath.kv_cache_manager import KVCacheManager
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.core.kv_cache_manager import KVCacheManager
+from cyserve.fastpath.core.sequence import Sequence
 
 @final
 class SchedulerOutput:

@@ -1,82 +1,18 @@
-"""Load a llama-architecture GGUF file in place: hyperparameters, tensors, tokenizer metadata.
+"""Load a GGUF file in place: hyperparameters, the architecture's description, tensors, tokenizer
+metadata and chat template.
 
 Quantized tensors stay as the bytes on disk (a read-only memory map); nothing is converted at load,
 so load time is milliseconds and resident memory is the pages the forward pass touches.
 """
 from __future__ import annotations
 
-import enum
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from cyserve.fastpath.errors import ModelLoadError
-
-SUPPORTED_ARCHITECTURES = ("llama",)
-
-
-class WeightType(enum.IntEnum):
-    """GGML tensor types the kernels can read in place (values are GGML's type ids)."""
-
-    F32 = 0
-    F16 = 1
-    Q4_0 = 2
-    Q4_1 = 3
-    Q8_0 = 8
-    BF16 = 30
-
-
-@dataclass(frozen=True)
-class Weight:
-    """A `[rows, cols]` matrix as raw row bytes (`uint8[rows, row_bytes]`) plus its GGML type."""
-
-    name: str
-    wtype: WeightType
-    rows: int
-    cols: int
-    data: np.ndarray  # uint8[rows, row_bytes], C-contiguous, memory-mapped
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    architecture: str
-    vocab_size: int
-    context_length: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float
-    rms_norm_eps: float
-    file_type: str  # the dominant weight type, e.g. "Q4_1"
-
-
-@dataclass(frozen=True)
-class LayerWeights:
-    attn_norm: np.ndarray  # f32[hidden]
-    wq: Weight
-    wk: Weight
-    wv: Weight
-    wo: Weight
-    ffn_norm: np.ndarray  # f32[hidden]
-    w_gate: Weight
-    w_up: Weight
-    w_down: Weight
-
-
-@dataclass(frozen=True)
-class GGUFModel:
-    path: str
-    config: ModelConfig
-    token_embd: Weight
-    layers: tuple[LayerWeights, ...]
-    output_norm: np.ndarray
-    output: Weight  # token_embd itself when the embeddings are tied
-    reader: object  # gguf.GGUFReader: the tokenizer and chat template are read from it
+from cyserve.fastpath.model.architecture import Architecture, architecture
+from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
 
 
 def _open_reader(path: str):
@@ -145,8 +81,7 @@ def _dominant_type(tensors: dict) -> str:
 
 def _config(reader, path: str, tensors: dict) -> ModelConfig:
     arch = str(_field(reader, "general.architecture", path))
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(path, f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    architecture(arch, path)  # refuses an unknown one before its keys are read
     hidden = int(_field(reader, f"{arch}.embedding_length", path))
     heads = int(_field(reader, f"{arch}.attention.head_count", path))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -183,7 +118,22 @@ def _check_shape(w: Weight, rows: int, cols: int, path: str) -> Weight:
     return w
 
 
-def _layer(tensors: dict, i: int, cfg: ModelConfig, path: str) -> LayerWeights:
+def _optional_vectors(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> dict:
+    """The layer's tensors for the architecture's optional features (llama.cpp's tensor names)."""
+    p = f"blk.{i}."
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    wanted: dict[str, tuple[str, int]] = {}
+    if arch.qkv_bias:
+        wanted |= {"bq": ("attn_q.bias", q), "bk": ("attn_k.bias", kv), "bv": ("attn_v.bias", kv)}
+    if arch.qk_norm:
+        wanted |= {"q_norm": ("attn_q_norm.weight", cfg.head_dim), "k_norm": ("attn_k_norm.weight", cfg.head_dim)}
+    if arch.post_sublayer_norms:
+        wanted |= {"post_attn_norm": ("post_attention_norm.weight", cfg.hidden_size),
+                   "post_ffn_norm": ("post_ffw_norm.weight", cfg.hidden_size)}
+    return {field: _vector(tensors, p + name, path, size) for field, (name, size) in wanted.items()}
+
+
+def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> LayerWeights:
     p = f"blk.{i}."
     h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
     q = cfg.num_heads * cfg.head_dim
@@ -198,25 +148,29 @@ def _layer(tensors: dict, i: int, cfg: ModelConfig, path: str) -> LayerWeights:
         w_gate=w("ffn_gate.weight", cfg.intermediate_size, h),
         w_up=w("ffn_up.weight", cfg.intermediate_size, h),
         w_down=w("ffn_down.weight", h, cfg.intermediate_size),
+        **_optional_vectors(tensors, i, cfg, arch, path),
     )
 
 
-def load_gguf(path: str) -> GGUFModel:
+def load_gguf(path: str) -> ModelWeights:
     """Open `path` memory-mapped and check that cyserve can serve it; raise ModelLoadError if not."""
     path = os.fspath(path)
     reader = _open_reader(path)
     tensors = {t.name: t for t in reader.tensors}
     try:
         cfg = _config(reader, path, tensors)
+        arch = architecture(cfg.architecture, path)
         embd = _check_shape(_weight(tensors, "token_embd.weight", path), cfg.vocab_size, cfg.hidden_size, path)
         output = embd
         if "output.weight" in tensors:
             output = _check_shape(_weight(tensors, "output.weight", path), cfg.vocab_size, cfg.hidden_size, path)
-        layers = tuple(_layer(tensors, i, cfg, path) for i in range(cfg.num_layers))
+        layers = tuple(_layer(tensors, i, cfg, arch, path) for i in range(cfg.num_layers))
         norm = _vector(tensors, "output_norm.weight", path, cfg.hidden_size)
     except ModelLoadError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(path, f"malformed metadata or tensor: {exc}") from exc
-    return GGUFModel(path, cfg, embd, layers, norm, output, reader)
+    template = reader.fields.get("tokenizer.chat_template")
+    return ModelWeights(path, cfg, arch, embd, layers, norm, output,
+                        chat_template=str(template.contents()) if template else "", reader=reader)
 

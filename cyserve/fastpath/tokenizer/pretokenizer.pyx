@@ -2,7 +2,7 @@
 
 Owns the pre-tokenizer names of `tokenizer.ggml.pre` and their kinds, the Unicode character-class
 table and its loader, the hand-written UTF-8 scanners that reproduce each pre-tokenizer regex,
-and `pretokenize()` for tests and debugging. cyserve.fastpath.tokenizer cimports `pre_kind_of`
+and `pretokenize()` for tests and debugging. cyserve.fastpath.tokenizer.tokenizer cimports `pre_kind_of`
 and `next_word` (pretokenizer.pxd) and runs BPE on each pre-token. The table is filled once at
 import; after that the scanners only read it, so they run without the GIL.
 

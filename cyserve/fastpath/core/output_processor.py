@@ -7,8 +7,8 @@ tokens before that); include_stop keeps the matched string, or the stop token's 
 """
 from __future__ import annotations
 
-from cyserve.fastpath.request import FinishReason, RequestOutput
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.core.request import FinishReason, RequestOutput
+from cyserve.fastpath.core.sequence import Sequence
 from cyserve.fastpath.tokenizer import IncrementalDecoder
 
 

@@ -3,10 +3,10 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
-from cyserve.fastpath.gguf_model import GGUFModel
+from cyserve.fastpath.model.weights import ModelWeights
 
 @final
-class LlamaForward:
+class CpuForward:
     num_layers: int
     hidden_size: int
     num_heads: int
@@ -18,7 +18,7 @@ class LlamaForward:
     num_blocks: int
     block_size: int
     capacity: int
-    def __init__(self, model: GGUFModel, k_caches: list[npt.NDArray[np.float16]],
+    def __init__(self, model: ModelWeights, k_caches: list[npt.NDArray[np.float16]],
                  v_caches: list[npt.NDArray[np.float16]], block_size: int,
                  max_num_tokens: int = 256) -> None: ...
     def forward(self, token_ids: npt.NDArray[np.int32], positions: npt.NDArray[np.int32],

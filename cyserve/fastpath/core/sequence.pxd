@@ -18,6 +18,7 @@ cdef class Sequence:
     cdef public int num_cached_tokens       # prompt tokens served from the prefix cache (first admission)
     cdef public int num_scheduled_tokens    # tokens scheduled this step; 0 when not scheduled
     cdef public long preempted_at_step      # scheduler step of the last preemption, -1 if never
+    cdef public int num_scored_prompt_rows  # prompt rows whose logprobs were computed (prompt_logprobs)
     # Prefix-cache bookkeeping, owned by the KVCacheManager.
     cdef public int num_committed_blocks    # leading blocks already offered to the prefix cache
     cdef uint64_t* hashes                   # [2 * num_hashes] the 128-bit chain keys of the leading full
@@ -28,3 +29,7 @@ cdef class Sequence:
 
     cdef inline int num_uncomputed(self) noexcept:
         return len(self.token_ids) - self.num_computed_tokens
+
+    cdef inline bint ends_at_last_token(self) noexcept:
+        """This step's chunk reaches the sequence's last token, so its next token is sampled."""
+        return self.num_computed_tokens + self.num_scheduled_tokens == len(self.token_ids)

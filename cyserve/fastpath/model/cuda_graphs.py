@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cyserve.fastpath.model_runner import BatchInputs
+from cyserve.fastpath.model.batch import BatchInputs
 
 # The sizes captured below 8, then every multiple of 8 (as vLLM does): padding wastes < 8 rows.
 SMALL_BATCH_SIZES = (1, 2, 4)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cyserve.fastpath.sampler import draw_uniform, masked_tokens
+from cyserve.fastpath.model.cpu_sampler import draw_uniform, masked_tokens
 
 # Rows of logits turned into log-probabilities at a time, to bound the temporaries.
 LOGPROBS_SLICE_ROWS = 256

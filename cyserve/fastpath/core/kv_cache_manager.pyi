@@ -1,7 +1,7 @@
 from typing import final
 
-from cyserve.fastpath.block_allocator import BlockAllocator
-from cyserve.fastpath.sequence import Sequence
+from cyserve.fastpath.core.block_allocator import BlockAllocator
+from cyserve.fastpath.core.sequence import Sequence
 
 @final
 class KVCacheManager:

@@ -17,10 +17,10 @@ behind newcomers.
 The scheduler never sees a tensor; it runs on the engine thread only (the engine queues aborts from
 other threads and applies them between steps).
 """
-from cyserve.fastpath.kv_cache_manager cimport KVCacheManager
-from cyserve.fastpath.sequence cimport Sequence
+from cyserve.fastpath.core.kv_cache_manager cimport KVCacheManager
+from cyserve.fastpath.core.sequence cimport Sequence
 
-from cyserve.fastpath.sequence import SequenceStatus
+from cyserve.fastpath.core.sequence import SequenceStatus
 
 cdef int WAITING = SequenceStatus.WAITING
 cdef int RUNNING = SequenceStatus.RUNNING
@@ -143,7 +143,7 @@ cdef class Scheduler:
             self._out = None
         cdef Sequence seq
         for seq in out.scheduled:
-            if seq.num_computed_tokens + seq.num_scheduled_tokens == len(seq.token_ids):
+            if seq.ends_at_last_token():
                 out.sampling.append(seq)
         out.num_scheduled_tokens = self.max_num_batched_tokens - self._budget
         self.last_num_scheduled_tokens = out.num_scheduled_tokens

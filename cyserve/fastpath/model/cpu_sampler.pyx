@@ -184,3 +184,18 @@ def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None) -
             num_top = getattr(params, "logprobs", None)
             logprobs_out.append(None if num_top is None else token_logprobs(raw, token, num_top))
     return out
+
+
+class CpuSampler:
+    """The CPU runner's sampler: this module's functions on numpy logits, behind the interface the
+    device sampler has too (runner.Sampler)."""
+
+    @staticmethod
+    def workspace_bytes(num_rows: int, vocab: int) -> int:
+        return 0  # host memory, allocated per step
+
+    def sample(self, logits, list seqs, eos_token_ids=(), list logprobs_out=None) -> list:
+        return sample(logits, seqs, eos_token_ids, logprobs_out)
+
+    def rows_logprobs(self, logits, token_ids, int num_top):
+        return rows_logprobs(logits, token_ids, num_top)

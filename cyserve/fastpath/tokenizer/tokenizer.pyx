@@ -3,7 +3,7 @@
 Owns text <-> token ids for the engine: splitting out special tokens written in the text, BPE
 merges by rank over C arrays with a word cache, decoding, and an incremental decoder that emits
 only complete UTF-8 characters. Pre-tokenization (the scanner per `tokenizer.ggml.pre` and the
-Unicode class table behind it) lives in cyserve.fastpath.pretokenizer; BPE runs on each of its
+Unicode class table behind it) lives in cyserve.fastpath.tokenizer.pretokenizer; BPE runs on each of its
 pre-tokens.
 
 Thread safety: encode runs its C part without releasing the GIL (the word cache and the BPE
@@ -17,7 +17,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
-from cyserve.fastpath.pretokenizer cimport next_word, pre_kind_of
+from cyserve.fastpath.tokenizer.pretokenizer cimport next_word, pre_kind_of
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL

@@ -8,7 +8,7 @@ import enum
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 
-from cyserve.fastpath.request import FinishReason
+from cyserve.fastpath.core.request import FinishReason
 
 
 class SequenceStatus(enum.IntEnum):
@@ -37,6 +37,7 @@ cdef class Sequence:
         self.num_cached_tokens = 0
         self.num_scheduled_tokens = 0
         self.preempted_at_step = -1
+        self.num_scored_prompt_rows = 0
         self.num_committed_blocks = 0
 
     def __dealloc__(self):
@@ -84,6 +85,11 @@ cdef class Sequence:
     @property
     def output_token_ids(self) -> list:
         return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def samples_next_token(self) -> bool:
+        """This step's chunk reaches the sequence's last token, so its next token is sampled."""
+        return self.ends_at_last_token()
 
     @property
     def num_uncomputed_tokens(self) -> int:

@@ -1,7 +1,7 @@
 from libc.stdint cimport int32_t, uint64_t
 
-from cyserve.fastpath.block_allocator cimport BlockAllocator
-from cyserve.fastpath.sequence cimport Sequence
+from cyserve.fastpath.core.block_allocator cimport BlockAllocator
+from cyserve.fastpath.core.sequence cimport Sequence
 
 
 cdef class KVCacheManager:

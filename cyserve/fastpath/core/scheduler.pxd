@@ -1,5 +1,5 @@
-from cyserve.fastpath.kv_cache_manager cimport KVCacheManager
-from cyserve.fastpath.sequence cimport Sequence
+from cyserve.fastpath.core.kv_cache_manager cimport KVCacheManager
+from cyserve.fastpath.core.sequence cimport Sequence
 
 
 cdef class SchedulerOutput:

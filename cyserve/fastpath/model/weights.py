@@ -1,0 +1,87 @@
+"""The in-memory form of a model, whatever file it came from: typed hyperparameters, the
+architecture's description and the weights as raw GGML rows (memory-mapped where the file allows).
+Loaders (`gguf_loader`) produce it; every forward reads it."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from cyserve.fastpath.model.architecture import Architecture
+
+
+class WeightType(enum.IntEnum):
+    """GGML tensor types the kernels can read in place (values are GGML's type ids)."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q8_0 = 8
+    BF16 = 30
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A `[rows, cols]` matrix as raw row bytes (`uint8[rows, row_bytes]`) plus its GGML type."""
+
+    name: str
+    wtype: WeightType
+    rows: int
+    cols: int
+    data: np.ndarray  # uint8[rows, row_bytes], C-contiguous, memory-mapped
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    architecture: str
+    vocab_size: int
+    context_length: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    file_type: str  # the dominant weight type, e.g. "Q4_1"
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray  # f32[hidden]
+    wq: Weight
+    wk: Weight
+    wv: Weight
+    wo: Weight
+    ffn_norm: np.ndarray  # f32[hidden]
+    w_gate: Weight
+    w_up: Weight
+    w_down: Weight
+    # Present when the architecture has the feature (Architecture.qkv_bias, qk_norm,
+    # post_sublayer_norms), None otherwise.
+    bq: np.ndarray | None = None  # f32[heads * head_dim]
+    bk: np.ndarray | None = None  # f32[kv_heads * head_dim]
+    bv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None  # f32[head_dim]
+    k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None  # f32[hidden]
+    post_ffn_norm: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """A loaded model: what every forward reads."""
+
+    path: str
+    config: ModelConfig
+    arch: Architecture
+    token_embd: Weight
+    layers: tuple[LayerWeights, ...]
+    output_norm: np.ndarray
+    output: Weight  # token_embd itself when the embeddings are tied
+    chat_template: str = ""  # the file's own template ("" when it has none)
+    reader: object = None  # gguf.GGUFReader: the tokenizer is read from it
