@@ -48,6 +48,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from cyserve.fastpath.contract import EngineStats, ModelInfo
 from cyserve.fastpath.core.request import (
     EngineRequest,
     FinishReason,
@@ -81,31 +82,6 @@ class CountingExporter(SpanExporter):
 # ---- an engine without a model ----
 
 
-@dataclass
-class _Info:
-    name: str = "echo"
-    architecture: str = "llama"
-    vocab_size: int = 266
-    context_length: int = 4096
-    max_model_len: int = 4096
-    num_layers: int = 1
-    hidden_size: int = 8
-    num_heads: int = 1
-    num_kv_heads: int = 1
-    quantization: str = "F32"
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    chat_template: str = ""
-
-
-@dataclass
-class _Stats:
-    num_running: int
-    num_waiting: int = 0
-    num_free_blocks: int = 16
-    num_total_blocks: int = 16
-
-
 class _ByteTokenizer:
     def encode(self, text: str, parse_special: bool = True) -> list[int]:
         return [b + 10 for b in text.encode()]
@@ -118,12 +94,15 @@ class EchoEngine:
     """Streams max_tokens one-token outputs, yielding to the event loop between them."""
 
     def __init__(self) -> None:
-        self.model_info = _Info()
+        self.model_info = ModelInfo(
+            name="echo", path="", architecture="llama", vocab_size=266, context_length=4096, max_model_len=4096,
+            num_layers=1, hidden_size=8, num_heads=1, num_kv_heads=1, quantization="F32", bos_token_id=1,
+            eos_token_id=2, chat_template="")
         self.tokenizer = _ByteTokenizer()
         self.num_running = 0
 
-    def stats(self) -> _Stats:
-        return _Stats(self.num_running)
+    def stats(self) -> EngineStats:
+        return EngineStats(self.num_running, 0, 16, 16)
 
     def abort(self, request_id: str) -> None:
         pass

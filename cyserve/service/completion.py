@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from cyserve.fastpath.contract import TokenizerClient
 from cyserve.fastpath.core.request import EngineRequest, FinishReason, RequestOutput
 from cyserve.service.errors import GenerationFailedError
 from cyserve.v1 import generation_pb2 as pb
@@ -19,7 +20,7 @@ class CompletionProgress:
     """What one completion has produced so far; builds its responses and its log summary."""
 
     def __init__(self, started: float, index: int = 0, prompt_index: int = 0,
-                 tokenizer: Any = None) -> None:
+                 tokenizer: TokenizerClient | None = None) -> None:
         self.started = started
         self.first_token_at: float | None = None
         self.num_prompt_tokens = 0
@@ -85,7 +86,7 @@ class CompletionProgress:
         message = pb.Timings(total_s=now - self.started)
         if self.first_token_at is not None:
             message.time_to_first_token_s = self.first_token_at - self.started
-        engine = getattr(output, "timings", None)
+        engine = output.timings if output is not None else None
         if engine is not None and engine.first_scheduled and engine.arrival:
             message.queue_s = max(engine.first_scheduled - engine.arrival, 0.0)
         return message
@@ -104,7 +105,7 @@ class CompletionProgress:
         }
 
 
-def logprob_messages(tokenizer: Any, output: RequestOutput) -> list[pb.TokenLogprob]:
+def logprob_messages(tokenizer: TokenizerClient, output: RequestOutput) -> list[pb.TokenLogprob]:
     """TokenLogprob per new token of `output` (empty when the request asked for none)."""
     if not output.logprobs:
         return []
@@ -121,7 +122,7 @@ def logprob_messages(tokenizer: Any, output: RequestOutput) -> list[pb.TokenLogp
     return messages
 
 
-def prompt_logprob_messages(tokenizer: Any, output: RequestOutput) -> list[pb.TokenLogprob]:
+def prompt_logprob_messages(tokenizer: TokenizerClient, output: RequestOutput) -> list[pb.TokenLogprob]:
     """TokenLogprob per scored prompt token of `output` (empty unless this output carries them)."""
     scores = output.prompt_logprobs
     if not scores:

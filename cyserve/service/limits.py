@@ -10,18 +10,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+from cyserve.fastpath.contract import EngineClient
+from cyserve.fastpath.settings import check_settings, parse_bytes, setting
 from cyserve.service.errors import ResourceExhaustedError
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    max_prompt_tokens: int = 0  # 0 = max_model_len - 1 (room for one generated token)
-    max_tokens: int = 0  # largest StoppingCriteria.max_tokens; 0 = no limit of its own (the context bounds it)
-    max_message_bytes: int = 4 << 20  # largest request message (gRPC's receive limit)
-    max_concurrent_streams: int = 256  # calls generating at once (Generate, *Stream, *Batch)
-    max_queued_requests: int = 256  # engine requests waiting for their first step
+    """The API limits. The first five are settings of `cyserve serve` (settings.py); the others
+    are fixed here and reported by GetCapabilities."""
+
+    max_prompt_tokens: int = setting(
+        0, "most prompt tokens per request", "CYSERVE_MAX_PROMPT_TOKENS", int, minimum=0,
+        default_text="0: max-model-len - 1, room for one generated token")
+    max_tokens: int = setting(
+        0, "largest max_tokens a request may ask", "CYSERVE_MAX_TOKENS", int, minimum=0,
+        default_text="0: no limit of its own, the context bounds it")
+    max_message_bytes: int = setting(
+        4 << 20, "largest request message (gRPC's receive limit)", "CYSERVE_MAX_MESSAGE_BYTES", parse_bytes,
+        metavar="BYTES", minimum=1, default_text="4MiB")
+    max_concurrent_streams: int = setting(
+        256, "most calls generating at once (Generate, *Stream, *Batch); more get RESOURCE_EXHAUSTED",
+        "CYSERVE_MAX_CONCURRENT_STREAMS", int, minimum=1)
+    max_queued_requests: int = setting(
+        256, "most engine requests waiting for their first step; more get RESOURCE_EXHAUSTED",
+        "CYSERVE_MAX_QUEUED_REQUESTS", int, minimum=1)
     max_n: int = 16
     max_stop_sequences: int = 16
     max_stop_sequence_chars: int = 256
@@ -38,19 +52,13 @@ class ServiceLimits:
 
     def check(self) -> None:
         """Raise ValueError on a limit no server could use."""
-        for name in ("max_message_bytes", "max_concurrent_streams", "max_queued_requests",
-                     "max_n", "max_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_prompt_tokens", "max_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = the model's bound), got {getattr(self, name)}")
+        check_settings(self)
 
 
 class Admission:
     """Counts the calls generating now and refuses work beyond the limits (event-loop only)."""
 
-    def __init__(self, limits: ServiceLimits, engine: Any) -> None:
+    def __init__(self, limits: ServiceLimits, engine: EngineClient) -> None:
         self.limits = limits
         self.engine = engine
         self.num_active = 0
@@ -78,7 +86,7 @@ class Admission:
             self.num_active -= 1
 
 
-def _num_waiting(engine: Any) -> int:
+def _num_waiting(engine: EngineClient) -> int:
     try:
         return int(engine.stats().num_waiting)
     except Exception:  # a stats failure must not refuse work

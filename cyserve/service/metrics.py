@@ -33,6 +33,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cyserve.fastpath.contract import EngineClient
+
 log = structlog.get_logger("cyserve.service")
 
 PROVIDER_NAME = "cyserve"  # gen_ai.provider.name
@@ -76,7 +78,7 @@ class ServiceMetrics:
     """Every metric of one server, in a registry of its own (several servers may share a
     process, as in the tests). Methods are called from the event loop; they never block."""
 
-    def __init__(self, model_name: str, max_model_len: int, engine: Any | None = None,
+    def __init__(self, model_name: str, max_model_len: int, engine: EngineClient | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.model_name = model_name
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -210,7 +212,7 @@ class EngineStatsCollector(Collector):
     """Engine gauges and counters, read from `engine.stats()` at scrape time (on the scrape
     thread: stats() only reads a few integers)."""
 
-    def __init__(self, engine: Any, model_name: str) -> None:
+    def __init__(self, engine: EngineClient, model_name: str) -> None:
         self._engine = engine
         self._model_name = model_name
 
@@ -222,27 +224,25 @@ class EngineStatsCollector(Collector):
             stats = self._engine.stats()
         except Exception:  # noqa: BLE001  a stopped or failed engine: expose nothing, not a failed scrape
             return
-        total = getattr(stats, "num_total_blocks", 0)
-        free = getattr(stats, "num_free_blocks", 0)
+        total, free = stats.num_total_blocks, stats.num_free_blocks
         usage = 1.0 - free / total if total else 0.0
-        # The prefix-cache and preemption counters are cumulative in the engine; 0 where an
-        # engine does not count them.
+        # The prefix-cache and preemption counters are cumulative in the engine.
         values: list[tuple[type, str, str, str, float]] = [
             (GaugeMetricFamily, "cyserve_requests_running", "cyserve:num_requests_running",
-             "Requests in the running batch.", getattr(stats, "num_running", 0)),
+             "Requests in the running batch.", stats.num_running),
             (GaugeMetricFamily, "cyserve_requests_waiting", "cyserve:num_requests_waiting",
-             "Requests waiting to be scheduled.", getattr(stats, "num_waiting", 0)),
+             "Requests waiting to be scheduled.", stats.num_waiting),
             (GaugeMetricFamily, "cyserve_kv_cache_usage_ratio", "cyserve:kv_cache_usage_perc",
              "Fraction of KV cache blocks in use (0..1).", usage),
             (CounterMetricFamily, "cyserve_prefix_cache_queries", "cyserve:prefix_cache_queries",
              "Prefix cache queries, in prompt tokens looked up.",
-             getattr(stats, "prefix_cache_queries", 0)),
+             stats.prefix_cache_queries),
             (CounterMetricFamily, "cyserve_prefix_cache_hits", "cyserve:prefix_cache_hits",
              "Prefix cache hits, in prompt tokens found cached.",
-             getattr(stats, "prefix_cache_hits", 0)),
+             stats.prefix_cache_hits),
             (CounterMetricFamily, "cyserve_preemptions", "cyserve:num_preemptions",
              "Requests preempted (their KV blocks freed, to be recomputed).",
-             getattr(stats, "num_preemptions", 0)),
+             stats.num_preemptions),
         ]
         for family, ours, vllm_style, doc, value in values:
             for name in (ours, vllm_style):

@@ -20,6 +20,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cyserve.fastpath.contract import EngineClient
 from cyserve.service.config import ServerConfig
 from cyserve.service.auth import BearerTokenInterceptor
 from cyserve.service.errors import ErrorMappingInterceptor
@@ -51,7 +52,7 @@ class Server:
     """One grpc.aio server around a started engine, or one still to come (None: `start()` serves
     NOT_SERVING / UNAVAILABLE until `load()` or `attach()`). Create and use it inside the event loop."""
 
-    def __init__(self, engine: Any | None, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, engine: EngineClient | None, host: str = "127.0.0.1", port: int = 0, *,
                  tracer_provider: Any | None = None, metrics_port: int | None = None,
                  trace_content: bool = False, limits: ServiceLimits | None = None,
                  credentials: grpc.ServerCredentials | None = None,
@@ -122,7 +123,7 @@ class Server:
             await self.attach(self.engine)
         return port
 
-    async def load(self, loader: Callable[[], Any]) -> Any:
+    async def load(self, loader: Callable[[], EngineClient]) -> EngineClient:
         """Run `loader` (returns a started engine; may block for long) in a worker thread, then
         attach its engine. Its exceptions (e.g. ModelLoadError) propagate; the server stays
         NOT_SERVING then."""
@@ -130,7 +131,7 @@ class Server:
         await self.attach(engine)
         return engine
 
-    async def attach(self, engine: Any) -> None:
+    async def attach(self, engine: EngineClient) -> None:
         """Serve `engine` (started): metrics on, Generation calls answered, health SERVING.
         Raises ServeError when the metrics port cannot be bound. A stopping server stays down."""
         if self._servicer is None:
@@ -191,9 +192,9 @@ async def serve(config: ServerConfig) -> None:
         tracer_provider = configure_tracing(version=_version())
     except ValueError as exc:
         raise ServeError(f"tracing: {exc}") from exc
-    engines: list[Any] = []  # the engine once loaded, whatever happens meanwhile
+    engines: list[Engine] = []  # the engine once loaded, whatever happens meanwhile
 
-    def load_engine() -> Any:
+    def load_engine() -> Engine:
         engine = Engine.from_config(engine_config)
         engine.start()
         engines.append(engine)
@@ -228,7 +229,7 @@ async def serve(config: ServerConfig) -> None:
     log.info("server.stopped")
 
 
-def _log_started(server: Server, engine: Any, model_path: str, tracer_provider: Any) -> None:
+def _log_started(server: Server, engine: EngineClient, model_path: str, tracer_provider: Any) -> None:
     info = engine.model_info
     log.info(
         "server.started",
@@ -236,7 +237,7 @@ def _log_started(server: Server, engine: Any, model_path: str, tracer_provider: 
         port=server.port,
         model=info.name,
         model_path=model_path,
-        quantization=str(getattr(info.quantization, "name", info.quantization)),
+        quantization=info.quantization,
         metrics_port=server.metrics_port,
         tracing="on" if tracer_provider is not None else "off",
         **_engine_stats(engine),
@@ -273,11 +274,8 @@ def _api_security(config: ServerConfig) -> dict[str, Any]:
     from cyserve.service.auth import load_token
     from cyserve.service.tls import server_credentials
 
-    given = {name: getattr(config, name) for name in ("max_prompt_tokens", "max_tokens",
-             "max_message_bytes", "max_concurrent_streams", "max_queued_requests")}
+    limits = config.limits()  # from_env checked every setting's bounds
     try:
-        limits = ServiceLimits(**{k: v for k, v in given.items() if v is not None})
-        limits.check()
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if config.tls_client_ca and not config.tls_cert:
@@ -290,19 +288,16 @@ def _api_security(config: ServerConfig) -> dict[str, Any]:
     return {"limits": limits, "credentials": credentials, "auth_token": token}
 
 
-def _engine_stats(engine: Any) -> dict[str, Any]:
+def _engine_stats(engine: EngineClient) -> dict[str, Any]:
     try:
         stats = engine.stats()
     except Exception:  # stats are informative only
         return {}
-    return {
-        "num_kv_blocks": getattr(stats, "num_total_blocks", None),
-        "num_free_kv_blocks": getattr(stats, "num_free_blocks", None),
-    }
+    return {"num_kv_blocks": stats.num_total_blocks, "num_free_kv_blocks": stats.num_free_blocks}
 
 
-def _model_name(engine: Any) -> str:
-    return str(getattr(engine.model_info, "name", "") or "")
+def _model_name(engine: EngineClient) -> str:
+    return engine.model_info.name
 
 
 def _version() -> str | None:

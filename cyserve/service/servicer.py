@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import secrets
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
+from cyserve.fastpath.contract import EngineClient, ModelInfo, TokenizerClient
 from cyserve.fastpath.core.request import EngineRequest, RequestOutput
 from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
 from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
@@ -47,7 +47,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     """Serves one started engine (see docs/interfaces.md, "engine"). Created without one while the
     model loads (ReadinessInterceptor keeps calls away until `attach`)."""
 
-    def __init__(self, engine: Any | None, executor: Executor, telemetry: Telemetry | None = None,
+    def __init__(self, engine: EngineClient | None, executor: Executor, telemetry: Telemetry | None = None,
                  limits: ServiceLimits | None = None, *, tls: bool = False,
                  auth_required: bool = False) -> None:
         self._executor = executor
@@ -56,7 +56,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
         self._telemetry = telemetry or Telemetry(
             model_name=(engine.model_info.name or "") if engine is not None else "")
-        self._engine: Any = None
+        self._engine: EngineClient | None = None
         if engine is not None:
             self.attach(engine)
 
@@ -64,7 +64,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     def ready(self) -> bool:
         return self._engine is not None
 
-    def attach(self, engine: Any) -> None:
+    def attach(self, engine: EngineClient) -> None:
         """Serve `engine` (started) from now on."""
         self._admission = Admission(self._limits, engine)
         self._model_info = model_info_message(engine.model_info)
@@ -96,7 +96,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         whole = pb.GenerateResponse()
         last = pb.GenerateResponse()
         with self._admit(1):
-            async with contextlib.aclosing(self._generate(request, context, "Generate")) as responses:
+            async with contextlib.aclosing(self._completions(request, context, "Generate")) as responses:
                 async for last in responses:
                     texts.append(last.text)
                     whole.token_ids.extend(last.token_ids)
@@ -211,20 +211,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str,
         prompt_index: int = 0,
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """The responses of all n completions of `request`, merged; the prompt is encoded once
-        (and its K/V shared through the prefix cache)."""
+        """The responses of all n completions of a validated `request`, merged; the prompt is
+        encoded once (and its K/V shared through the prefix cache), the seed drawn once (here, not
+        in the engine, so the first message can echo it)."""
         n = request.sampling.n if request.sampling.HasField("n") else 1
-        if n <= 1:
-            async for response in self._generate(request, context, rpc, prompt_index=prompt_index):
-                yield response
-            return
-        check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
         prompt_token_ids = await self._run_cpu(self._encode_prompt, request)
         self._check_prompt_length(request, prompt_token_ids)
         seed = request.sampling.seed if request.sampling.HasField("seed") else secrets.randbits(64)
-        streams = [self._generate(request, context, rpc, index=i, prompt_index=prompt_index,
-                                  prompt_token_ids=prompt_token_ids, seed=seed) for i in range(n)]
-        async with contextlib.aclosing(merged(streams)) as responses:
+        streams = [self._generate(request, context, rpc, prompt_token_ids, seed, index=i, prompt_index=prompt_index)
+                   for i in range(n)]
+        responses = streams[0] if n == 1 else merged(streams)
+        async with contextlib.aclosing(responses):
             async for response in responses:
                 yield response
 
@@ -239,11 +236,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def _generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rpc: str,
-        index: int = 0, prompt_index: int = 0, prompt_token_ids: list[int] | None = None,
-        seed: int | None = None,
+        prompt_token_ids: list[int], seed: int, index: int = 0, prompt_index: int = 0,
     ) -> AsyncIterator[pb.GenerateResponse]:
-        """Responses for one completion, logged as received and finished (never with prompt text).
-        `prompt_token_ids` given = the request was validated and encoded by the caller."""
+        """Responses for one completion of a validated, encoded request, logged as received and
+        finished (never with prompt text)."""
         request_id = request.request_id or uuid.uuid4().hex
         engine_request_id = uuid.uuid4().hex  # unique even when callers reuse request_id
         rlog = log.bind(  # an over-long request_id is rejected below; never log it whole
@@ -268,13 +264,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         )
         failure: BaseException | None = None
         try:
-            if prompt_token_ids is None:
-                check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
-                prompt_token_ids = await self._run_cpu(self._encode_prompt, request)
-                self._check_prompt_length(request, prompt_token_ids)
             progress.num_prompt_tokens = len(prompt_token_ids)
-            if seed is None:  # drawn here, not in the engine, so the first message can echo it
-                seed = request.sampling.seed if request.sampling.HasField("seed") else secrets.randbits(64)
             engine_request = EngineRequest(
                 request_id=engine_request_id,
                 prompt_token_ids=prompt_token_ids,
@@ -366,45 +356,37 @@ def _input_messages(request: pb.GenerateRequest) -> list[dict[str, str]]:
     return [{"role": "user", "content": request.prompt}]
 
 
-async def _engine_outputs(engine: Any, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+async def _engine_outputs(engine: EngineClient, request: EngineRequest) -> AsyncIterator[RequestOutput]:
     """The engine's outputs for `request`; however this ends, the engine's iterator is closed,
     which aborts the request there and frees its KV blocks."""
-    outputs = engine.generate(request)
-    if inspect.isawaitable(outputs):  # tolerate `async def generate` returning an iterator
-        outputs = await outputs
-    try:
+    async with contextlib.aclosing(engine.generate(request)) as outputs:
         async for output in outputs:
             yield output
-    finally:
-        aclose = getattr(outputs, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
-def _piece(tokenizer: Any, token_id: int | None) -> str:
-    if token_id is None or token_id < 0:
+def _piece(tokenizer: TokenizerClient, token_id: int) -> str:
+    if token_id < 0:
         return ""
     return tokenizer.id_to_piece(token_id)
 
 
-def model_info_message(info: Any) -> pb.ModelInfo:
+def model_info_message(info: ModelInfo) -> pb.ModelInfo:
     """The ModelInfo message for the engine's model_info (its `path` is not exposed)."""
-    quantization = getattr(info, "quantization", "")
     message = pb.ModelInfo(
         name=info.name or "",
         architecture=info.architecture or "",
         vocab_size=info.vocab_size,
         context_length=info.context_length,
-        max_model_len=getattr(info, "max_model_len", 0) or info.context_length,
-        quantization=str(getattr(quantization, "name", quantization) or ""),
+        max_model_len=info.max_model_len,
+        quantization=info.quantization,
         num_layers=info.num_layers,
         hidden_size=info.hidden_size,
         num_heads=info.num_heads,
         num_kv_heads=info.num_kv_heads,
         chat_template=info.chat_template or "",
     )
-    for name in ("bos_token_id", "eos_token_id"):
-        value = getattr(info, name, None)
-        if value is not None and value >= 0:
-            setattr(message, name, value)
+    if info.bos_token_id >= 0:
+        message.bos_token_id = info.bos_token_id
+    if info.eos_token_id >= 0:
+        message.eos_token_id = info.eos_token_id
     return message

@@ -8,7 +8,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from server_support import details_of, serving, wait_until
-from service.support import FakeEngine, FakeStats
+from service.support import FakeEngine
+
+from cyserve.fastpath.contract import EngineStats
 
 from cyserve.service.limits import ServiceLimits
 from cyserve.v1 import generation_pb2 as pb
@@ -20,8 +22,8 @@ from cyserve.v1 import generation_pb2_grpc as pb_grpc
 class BusyEngine(FakeEngine):
     num_waiting: int = 10
 
-    def stats(self) -> FakeStats:
-        return FakeStats(0, self.num_waiting, 16, 16)
+    def stats(self) -> EngineStats:
+        return EngineStats(0, self.num_waiting, 16, 16)
 
 
 def test_full_queue_is_resource_exhausted_with_retry_info():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from server_support import wait_until  # noqa: F401  (imported from here by tests/telemetry)
 
+from cyserve.fastpath.contract import EngineStats, ModelInfo
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
 from cyserve.fastpath.core.request import EngineRequest, FinishReason, RequestOutput
 
@@ -40,29 +41,13 @@ class FakeTokenizer:
         return {1: "<s>", 2: "</s>"}.get(token_id) or self.decode([token_id])
 
 
-@dataclass
-class FakeModelInfo:
-    name: str = "fake"
-    architecture: str = "llama"
-    vocab_size: int = 266
-    context_length: int = 64
-    num_layers: int = 2
-    hidden_size: int = 8
-    num_heads: int = 2
-    num_kv_heads: int = 1
-    quantization: str = "F32"
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    chat_template: str = CHATML_TEMPLATE
-    path: str = "/nonexistent/fake.gguf"
-
-
-@dataclass
-class FakeStats:
-    num_running: int
-    num_waiting: int
-    num_free_blocks: int
-    num_total_blocks: int
+def fake_model_info(**overrides) -> ModelInfo:
+    """The fake engine's ModelInfo (a 64-token context, the byte tokenizer's vocabulary)."""
+    fields = dict(name="fake", path="/nonexistent/fake.gguf", architecture="llama", vocab_size=266,
+                  context_length=64, max_model_len=64, num_layers=2, hidden_size=8, num_heads=2,
+                  num_kv_heads=1, quantization="F32", bos_token_id=1, eos_token_id=2,
+                  chat_template=CHATML_TEMPLATE)
+    return ModelInfo(**{**fields, **overrides})
 
 
 @dataclass
@@ -73,14 +58,14 @@ class FakeEngine:
     until max_tokens (ignoring EOS)."""
 
     reply: str = "Hi there"
-    model_info: FakeModelInfo = field(default_factory=FakeModelInfo)
+    model_info: ModelInfo = field(default_factory=fake_model_info)
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     requests: list[EngineRequest] = field(default_factory=list)
     live: set[str] = field(default_factory=set)  # requests whose iterator is open
     closed_early: list[str] = field(default_factory=list)
 
-    def stats(self) -> FakeStats:
-        return FakeStats(len(self.live), 0, 16 - len(self.live), 16)
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.live), 0, 16 - len(self.live), 16)
 
     def abort(self, request_id: str) -> None:
         pass

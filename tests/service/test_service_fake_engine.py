@@ -16,7 +16,7 @@ from server_support import field_violations, running_server, wait_until
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 
-from .support import FakeEngine
+from .support import FakeEngine, fake_model_info
 
 TIMEOUT = 10.0
 
@@ -97,8 +97,7 @@ def test_bad_input_is_invalid_argument_naming_the_field(fake_stub, request_, fie
 
 
 def test_template_rejection_is_invalid_argument_on_messages():
-    engine = FakeEngine()
-    engine.model_info.chat_template = "{{ raise_exception('roles must alternate') }}"
+    engine = FakeEngine(model_info=fake_model_info(chat_template="{{ raise_exception('roles must alternate') }}"))
     with running_server(engine) as (server, _), grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         request = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="x")])
@@ -109,8 +108,7 @@ def test_template_rejection_is_invalid_argument_on_messages():
 
 
 def test_model_without_template_rejects_messages():
-    engine = FakeEngine()
-    engine.model_info.chat_template = ""
+    engine = FakeEngine(model_info=fake_model_info(chat_template=""))
     with running_server(engine) as (server, _), grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.GenerationStub(channel)
         request = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="x")])

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_support import serving as telemetry_server  # noqa: F401  (the telemetry tests' name)
 from service.support import FakeEngine
 
+from cyserve.fastpath.contract import EngineStats
 from cyserve.fastpath.core.request import EngineRequest, RequestOutput, RequestTimings
 
 # The phases TimedFakeEngine reports (synthetic timestamps: exact values to assert on).
@@ -26,24 +27,14 @@ NUM_PREFILL_CHUNKS = 2
 
 
 @dataclass
-class TimedStats:
-    num_running: int
-    num_waiting: int
-    num_free_blocks: int
-    num_total_blocks: int
-    num_preemptions: int = 2
-    prefix_cache_queries: int = 100
-    prefix_cache_hits: int = 40
-
-
-@dataclass
 class TimedFakeEngine(FakeEngine):
     """FakeEngine whose last output carries RequestTimings, as the real engine's does."""
 
     timings: dict[str, RequestTimings] = field(default_factory=dict)
 
-    def stats(self) -> TimedStats:
-        return TimedStats(len(self.live), 3, 12, 16)
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.live), 3, 12, 16, num_preemptions=2, prefix_cache_queries=100,
+                           prefix_cache_hits=40)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
         arrival = time.monotonic()
