@@ -55,10 +55,10 @@ from cyserve.fastpath.core.request import (
     RequestOutput,
     RequestTimings,
 )
-from cyserve.service.log import configure_logging
-from cyserve.service.metrics import ServiceMetrics
+from cyserve.service.observability.log import configure_logging
+from cyserve.service.observability.metrics import ServiceMetrics
 from cyserve.service.server import Server
-from cyserve.service.telemetry import Telemetry
+from cyserve.service.observability.telemetry import Telemetry
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 

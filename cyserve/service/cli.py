@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cyserve.service.log import configure_logging
+    from cyserve.service.observability.log import configure_logging
     from cyserve.service.server import ServeError, serve
 
     try:
@@ -169,9 +169,9 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import cyserve.bench
+    import cyserve.loadgen
 
-    return cyserve.bench.run(args)
+    return cyserve.loadgen.run(args)
 
 
 # ---- helpers ----
@@ -258,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="benchmark a running server (cyserve over gRPC, or OpenAI-compatible HTTP)"
     )
     bench.set_defaults(run=_bench)
-    from cyserve.bench.options import add_arguments as add_bench_arguments
+    from cyserve.loadgen.options import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench, default_address=os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
     return parser

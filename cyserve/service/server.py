@@ -25,11 +25,11 @@ from cyserve.service.config import ServerConfig
 from cyserve.service.auth import BearerTokenInterceptor
 from cyserve.service.errors import ErrorMappingInterceptor
 from cyserve.service.limits import ServiceLimits, grpc_options
-from cyserve.service.metrics import MetricsHTTPServer, ServiceMetrics
+from cyserve.service.observability.metrics import MetricsHTTPServer, ServiceMetrics
 from cyserve.service.readiness import ReadinessInterceptor
 from cyserve.service.servicer import GenerationServicer
-from cyserve.service.telemetry import Telemetry
-from cyserve.service.tracing import configure_tracing
+from cyserve.service.observability.telemetry import Telemetry
+from cyserve.service.observability.tracing import configure_tracing
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 

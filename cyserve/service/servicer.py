@@ -26,7 +26,7 @@ from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
 from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
 from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError
 from cyserve.service.limits import Admission, ServiceLimits
-from cyserve.service.telemetry import Telemetry
+from cyserve.service.observability.telemetry import Telemetry
 from cyserve.service.validation import (
     MAX_REQUEST_ID_CHARS,
     FieldViolation,

@@ -11,7 +11,7 @@ import pytest
 import structlog
 from service.support import wait_until
 
-from cyserve.service.log import add_trace_context, configure_logging, processors
+from cyserve.service.observability.log import add_trace_context, configure_logging, processors
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from service.support import wait_until
 
-from cyserve.service.metrics import length_buckets
+from cyserve.service.observability.metrics import length_buckets
 from cyserve.v1 import generation_pb2 as pb
 
 from .support import PREFILL_S, QUEUE_S, Samples, scrape, value

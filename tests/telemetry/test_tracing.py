@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from service.support import wait_until
 
 from cyserve.fastpath.core.request import RequestTimings
-from cyserve.service.tracing import (
+from cyserve.service.observability.tracing import (
     configure_tracing,
     exporter_names,
     record_phase_spans,

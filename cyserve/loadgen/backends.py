@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cyserve.bench.metrics import RequestResult
-from cyserve.bench.workload import SampleRequest
+from cyserve.loadgen.metrics import RequestResult
+from cyserve.loadgen.workload import SampleRequest
 
 READY_POLL_S = 0.25
 

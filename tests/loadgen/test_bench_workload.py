@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from cyserve.bench.workload import WORDS, PromptBuilder, WorkloadSpec, build_workload, sample_lengths
+from cyserve.loadgen.workload import WORDS, PromptBuilder, WorkloadSpec, build_workload, sample_lengths
 
 
 def fake_counter(bos: bool):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cyserve.bench.metrics import BenchmarkMetrics
+from cyserve.loadgen.metrics import BenchmarkMetrics
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import statistics
 
 import pytest
 
-from cyserve.bench.backends import GenerationOptions
-from cyserve.bench.metrics import RequestResult
-from cyserve.bench.runner import LoadPattern, _TextProgress, poisson_gaps, run_benchmark
-from cyserve.bench.workload import SampleRequest
+from cyserve.loadgen.backends import GenerationOptions
+from cyserve.loadgen.metrics import RequestResult
+from cyserve.loadgen.runner import LoadPattern, _TextProgress, poisson_gaps, run_benchmark
+from cyserve.loadgen.workload import SampleRequest
 
 
 class ScriptedBackend:

@@ -11,25 +11,25 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cyserve.bench.backends import (
+from cyserve.loadgen.backends import (
     Backend,
     BackendUnavailableError,
     GenerationOptions,
     GrpcBackend,
     OpenAIBackend,
 )
-from cyserve.bench.llama_server import (
+from cyserve.loadgen.llama_server import (
     LlamaServerConfig,
     LlamaServerError,
     default_model_path,
     running_llama_server,
     usable_cpus,
 )
-from cyserve.bench.metrics import BenchmarkMetrics, format_report
-from cyserve.bench.options import BenchPlan, plan_from_args
-from cyserve.bench.runner import LoadPattern, run_benchmark, run_warmup
-from cyserve.bench.sweep import SweepPoint, markdown_table, ratio_table, write_reports
-from cyserve.bench.workload import WorkloadSpec, build_workload
+from cyserve.loadgen.metrics import BenchmarkMetrics, format_report
+from cyserve.loadgen.options import BenchPlan, plan_from_args
+from cyserve.loadgen.runner import LoadPattern, run_benchmark, run_warmup
+from cyserve.loadgen.sweep import SweepPoint, markdown_table, ratio_table, write_reports
+from cyserve.loadgen.workload import WorkloadSpec, build_workload
 
 WARMUP_OUTPUT_LEN = 16
 CTX_MARGIN = 64  # tokens a llama-server slot holds beyond the longest request (BOS, rounding)

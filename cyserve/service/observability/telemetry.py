@@ -4,7 +4,7 @@ completions of a GenerateStream or GenerateBatch item): its GenAI span attribute
 lifecycle log lines (request.first_token, request.scheduled, request.finished or
 request.rejected; cyserve.service.servicer logs request.received). `Telemetry` is what a server
 holds: the tracer, the metrics and the content switch; the per-call side is in
-cyserve.service.rpc_telemetry.
+cyserve.service.observability.rpc_telemetry.
 
 With tracing off (no tracer provider) no span is made and no span attribute is computed.
 """
@@ -20,15 +20,15 @@ from opentelemetry import trace
 
 from cyserve.fastpath.core.request import EngineRequest, RequestOutput, RequestTimings
 from cyserve.service.errors import status_for
-from cyserve.service.metrics import PROVIDER_NAME, RequestSummary, ServiceMetrics
-from cyserve.service.rpc_telemetry import (
+from cyserve.service.observability.metrics import PROVIDER_NAME, RequestSummary, ServiceMetrics
+from cyserve.service.observability.rpc_telemetry import (
     CURRENT_CALL,
     REJECTED_CODES,
     CallTelemetry,
     TelemetryInterceptor,
     status_of,
 )
-from cyserve.service.tracing import TRACER_NAME, record_phase_spans
+from cyserve.service.observability.tracing import TRACER_NAME, record_phase_spans
 
 
 class Telemetry:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cyserve.bench.backends import Backend, GenerationOptions
-from cyserve.bench.metrics import BenchmarkMetrics, RequestResult, summarize
-from cyserve.bench.workload import SampleRequest
+from cyserve.loadgen.backends import Backend, GenerationOptions
+from cyserve.loadgen.metrics import BenchmarkMetrics, RequestResult, summarize
+from cyserve.loadgen.workload import SampleRequest
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cyserve.bench import backends
-from cyserve.bench.metrics import Distribution, RequestResult, format_report, percentile, summarize
+from cyserve.loadgen import backends
+from cyserve.loadgen.metrics import Distribution, RequestResult, format_report, percentile, summarize
 
 
 def test_percentile_interpolates_between_ranks() -> None:

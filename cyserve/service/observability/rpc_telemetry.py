@@ -3,7 +3,7 @@
 `request.rejected` line (plus its gen_ai duration) for generation calls refused before any
 completion started (invalid, or the server full or draining).
 
-The call's state (CallTelemetry) reaches the completions of the call (cyserve.service.telemetry's
+The call's state (CallTelemetry) reaches the completions of the call (cyserve.service.observability.telemetry's
 RequestTelemetry: one per completion, several for n > 1 or a batch) through a context variable,
 so that they add up their usage on the one server span.
 """
@@ -23,7 +23,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from cyserve.service.errors import WRAPPED_SERVICE_PREFIX
-from cyserve.service.metrics import RequestSummary, ServiceMetrics
+from cyserve.service.observability.metrics import RequestSummary, ServiceMetrics
 from cyserve.service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger("cyserve.service")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from bench_fake_openai import MODEL_ID, FakeOpenAIServer, running_fake_server
 
-from cyserve.bench.backends import GenerationOptions, OpenAIBackend, sse_data
-from cyserve.bench.llama_server import LlamaServerConfig, command
-from cyserve.bench.workload import SampleRequest
+from cyserve.loadgen.backends import GenerationOptions, OpenAIBackend, sse_data
+from cyserve.loadgen.llama_server import LlamaServerConfig, command
+from cyserve.loadgen.workload import SampleRequest
 from cyserve.service.cli import main
 
 FAKE_SERVER_SCRIPT = Path(__file__).with_name("bench_fake_openai.py")

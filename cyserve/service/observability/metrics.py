@@ -10,7 +10,7 @@ Three families of names, each for a different reader:
   `cyserve:time_to_first_token_seconds`, same buckets, same `model_name` and `finished_reason`
   labels), so a vLLM dashboard works after one search-and-replace.
 
-Request-level values are recorded by the service (cyserve.service.telemetry) on the event loop.
+Request-level values are recorded by the service (cyserve.service.observability.telemetry) on the event loop.
 Engine-level values (running, waiting, KV usage, prefix cache, preemptions) are read from
 `engine.stats()` when Prometheus scrapes, by EngineStatsCollector: the engine thread does no
 metrics work at all.

@@ -9,12 +9,12 @@ command line), `main` (the subcommand).
 """
 import argparse
 
-from cyserve.bench.options import add_arguments
+from cyserve.loadgen.options import add_arguments
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `cyserve bench` with parsed arguments (imports the client stack only when used)."""
-    from cyserve.bench.main import run as _run
+    from cyserve.loadgen.main import run as _run
 
     return _run(args)
 
