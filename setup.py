@@ -11,7 +11,8 @@ found. Anywhere else nothing about the build changes. pip's build isolation hide
 torch, so a GPU build is ``pip install --no-build-isolation -e '.[cuda]'`` (docs/cuda.md).
 
 Environment switches:
-  CYSERVE_DEBUG=1     bounds checks and asserts back on, -O0 -g
+  CYSERVE_DEBUG=1     bounds checks and asserts back on (Cython's and C's: -UNDEBUG), -O0 -g; switching
+                      between debug and release regenerates and recompiles everything (build/cyserve-build-mode)
   CYSERVE_ONLY=path   build only the .pyx files under that path (fast iteration)
   CYSERVE_CUDA=1|0    force the CUDA extension on (fail if it cannot build) or off; unset = detect
   CYSERVE_CUDA_ARCHS  SM versions to compile for, ';'-separated (default "80;90": A100, H100;
@@ -70,7 +71,26 @@ class BuildPyWithProtos(build_py):
         super().run()
 
 
-COMPILE_ARGS = ["-fopenmp", "-fno-strict-aliasing"] + (["-O0", "-g"] if DEBUG else ["-O3"])
+# Python's own CFLAGS carry -DNDEBUG; a debug build undefines it so C asserts run too
+COMPILE_ARGS = ["-fopenmp", "-fno-strict-aliasing"] + (["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"])
+BUILD_MODE = "debug" if DEBUG else "release"
+MODE_STAMP = os.path.join(ROOT, "build", "cyserve-build-mode")
+
+
+def build_mode_changed() -> bool:
+    """Whether the last build was of the other mode (or unknown). Cython and setuptools decide
+    what to rebuild from timestamps alone, so a change of directives or flags needs a forced build."""
+    try:
+        with open(MODE_STAMP) as fh:
+            return fh.read().strip() != BUILD_MODE
+    except FileNotFoundError:
+        return True
+
+
+def record_build_mode() -> None:
+    os.makedirs(os.path.dirname(MODE_STAMP), exist_ok=True)
+    with open(MODE_STAMP, "w") as fh:
+        fh.write(BUILD_MODE + "\n")
 LINK_ARGS = ["-fopenmp"]
 KERNEL_LIB = "cyserve_cpu_kernels"
 
@@ -129,8 +149,13 @@ def build_ext_class(cuda: bool) -> type:
         """Build the static kernel library first: `build_ext --inplace` and editable installs skip build_clib."""
 
         def run(self) -> None:
+            if MODE_CHANGED:
+                self.force = True
+                self.distribution.get_command_obj("build_clib").force = True
             self.run_command("build_clib")
             super().run()
+            if ONLY == "cyserve":  # a partial build leaves the other modules in the old mode
+                record_build_mode()
 
     return BuildExtWithKernels
 
@@ -172,10 +197,11 @@ def cythonized(cuda: bool) -> list[Extension]:
         "cdivision": not DEBUG,
         "embedsignature": True,
     }
-    return cythonize(extensions(cuda), compiler_directives=directives, nthreads=0)
+    return cythonize(extensions(cuda), compiler_directives=directives, nthreads=0, force=MODE_CHANGED)
 
 
 generate_protos()
+MODE_CHANGED = build_mode_changed()
 CUDA = cuda_wanted()
 ONLY = os.environ.get("CYSERVE_ONLY", "cyserve")
 EXT_MODULES = cythonized(CUDA)

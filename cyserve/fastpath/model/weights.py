@@ -85,3 +85,22 @@ class ModelWeights:
     output: Weight  # token_embd itself when the embeddings are tied
     chat_template: str = ""  # the file's own template ("" when it has none)
     reader: object = None  # gguf.GGUFReader: the tokenizer is read from it
+
+    def __post_init__(self) -> None:
+        """A layer holds a feature's tensors exactly when the architecture has the feature, so a
+        backend that reads them reads the description."""
+        for i, layer in enumerate(self.layers):
+            for feature, names in FEATURE_TENSORS.items():
+                wanted = getattr(self.arch, feature)
+                present = [getattr(layer, name) is not None for name in names]
+                if present != [wanted] * len(names):
+                    raise ValueError(f"layer {i}: {', '.join(names)} must be given exactly when the "
+                                     f"architecture has {feature} ({self.arch.name} has {feature}={wanted})")
+
+
+# Architecture feature -> the LayerWeights fields it brings.
+FEATURE_TENSORS: dict[str, tuple[str, ...]] = {
+    "qkv_bias": ("bq", "bk", "bv"),
+    "qk_norm": ("q_norm", "k_norm"),
+    "post_sublayer_norms": ("post_attn_norm", "post_ffn_norm"),
+}
