@@ -239,3 +239,34 @@ def test_sigterm_drains_in_flight_streams_and_exits_0():
         server.terminate()
     events = [e.get("event") for e in server.events()]
     assert events.index("server.stopping") < events.index("server.stopped")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_examples() -> list[tuple[list[str], str]]:
+    """The README's `cyserve ...  # streams: TEXT` and `# [ids], ...` lines: argv and what it says."""
+    import shlex
+
+    examples = []
+    for line in README.read_text().splitlines():
+        if not line.startswith("cyserve ") or "#" not in line:
+            continue
+        command, comment = line.split("#", 1)
+        said = comment.strip()
+        if said.startswith("streams:"):
+            examples.append((shlex.split(command)[1:], said.removeprefix("streams:").strip()))
+        elif said.startswith("["):
+            examples.append((shlex.split(command)[1:], said[:said.index("]") + 1]))
+    return examples
+
+
+def test_readme_examples_print_what_the_readme_says(served):
+    examples = _readme_examples()
+    assert len(examples) >= 2, "the README's examples with their output were not found"
+    for argv, said in examples:
+        if argv[0] == "generate":
+            argv = [*argv, "--address", served.address]
+        result = run_cli(*argv)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == said, f"cyserve {' '.join(argv)}"

@@ -70,3 +70,26 @@ def test_environment_then_flags():
 def test_bad_environment_is_named(env, match):
     with pytest.raises(ValueError, match=match):
         ServerConfig.from_env(env)
+
+
+def test_docs_settings_table_is_the_declared_one():
+    from pathlib import Path
+
+    from cyserve.service.config import settings_markdown
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    assert settings_markdown() in docs, "docs/settings.md is stale: python -m cyserve.service.config"
+
+
+def test_every_setting_has_one_flag_and_one_variable():
+    from cyserve.fastpath.settings import settings_of
+    from cyserve.service.cli import _parser
+    from cyserve.service.config import flag_of
+
+    specs = settings_of(ServerConfig)
+    envs = [spec.env for _, spec in specs]
+    assert len(set(envs)) == len(envs) and all(e.startswith("CYSERVE_") for e in envs)
+    serve_help = _parser().parse_args(["serve"])
+    assert all(getattr(serve_help, f.name) is None for f, _ in specs), "an unset flag must leave the env to decide"
+    flags = [flag_of(f.name, spec) for f, spec in specs]
+    assert len(set(flags)) == len(flags)
