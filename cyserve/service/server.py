@@ -163,9 +163,7 @@ class Server:
     def _start_metrics(self) -> None:
         if self.metrics_port is None or self._metrics_http is not None:
             return
-        info = self.engine.model_info
-        max_len = getattr(info, "max_model_len", 0) or info.context_length
-        metrics = ServiceMetrics(self.telemetry.model_name, max_len, self.engine)
+        metrics = ServiceMetrics(self.telemetry.model_name, self.engine.model_info.max_model_len, self.engine)
         try:
             self._metrics_http = MetricsHTTPServer(metrics.registry, self.host, self.metrics_port)
         except OSError as exc:

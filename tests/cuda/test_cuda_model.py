@@ -34,7 +34,7 @@ def test_device_sampler_on_gpu_picks_what_the_host_sampler_picks():
     """float64 on the GPU: the CPU sampler's arithmetic, so the same tokens and generator states."""
     import numpy as np
 
-    from cyserve.fastpath import sampler as host
+    from cyserve.fastpath.model import cpu_sampler as host
     from cyserve.fastpath.model.device_sampler import DeviceSampler
     from test_device_sampler import EOS, batch, twin
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cyserve.fastpath import sampler as host
+from cyserve.fastpath.model import cpu_sampler as host
 from cyserve.fastpath.model.device_sampler import DeviceSampler
 from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 from cyserve.fastpath.core.sequence import Sequence

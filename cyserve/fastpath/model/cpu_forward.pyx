@@ -350,9 +350,7 @@ cdef class CpuForward:
         rc = _linear(attn, T, &L.wo, o)
         if rc:
             return rc
-        if L.post_attn_norm != NULL:
-            rms_norm_nogil(o, L.post_attn_norm, T, H, self.eps, o)
-        add_nogil(h, o, T * H)
+        _residual_add(h, o, L.post_attn_norm, T, H, self.eps)
         rms_norm_nogil(h, L.ffn_norm, T, H, self.eps, x)
         rc = _linear(x, T, &L.w_gate, gate)
         if rc == 0:
@@ -363,9 +361,7 @@ cdef class CpuForward:
         rc = _linear(gate, T, &L.w_down, o)
         if rc:
             return rc
-        if L.post_ffn_norm != NULL:
-            rms_norm_nogil(o, L.post_ffn_norm, T, H, self.eps, o)
-        add_nogil(h, o, T * H)
+        _residual_add(h, o, L.post_ffn_norm, T, H, self.eps)
         return 0
 
 
@@ -381,6 +377,14 @@ cdef inline void _add_bias(float *x, int64_t T, const float *bias, int64_t n) no
         return
     for t in range(T):
         add_nogil(x + t * n, bias, n)
+
+
+cdef inline void _residual_add(float *h, float *o, const float *post_norm, int64_t T, int64_t H,
+                               float eps) noexcept nogil:
+    """h += o, after RMSNorm of o when the architecture norms sublayer outputs (post_norm != NULL)."""
+    if post_norm != NULL:
+        rms_norm_nogil(o, post_norm, T, H, eps, o)
+    add_nogil(h, o, T * H)
 
 
 cdef inline void _scale(float *x, int64_t n, float factor) noexcept nogil:
