@@ -32,6 +32,9 @@ log = structlog.get_logger("cyserve.service")
 # Only the methods of this service are wrapped; health and reflection keep their own behaviour.
 WRAPPED_SERVICE_PREFIX = "/cyserve.v1.Generation/"
 ERROR_DOMAIN = "cyserve.v1"  # google.rpc.ErrorInfo.domain of our errors
+# The violation's field when the request bytes do not parse: the request as a whole.
+MALFORMED_FIELD = "request"
+MAX_FIELD_VIOLATIONS = 16  # per status; a repeated field reports at most 8 of its own
 
 
 class ServiceUnavailableError(Exception):
@@ -97,31 +100,34 @@ def resource_exhausted_status(exc: ResourceExhaustedError) -> grpc.Status:
     ))
 
 
+def _bad_request(violations: list[FieldViolation]) -> tuple[str, error_details_pb2.BadRequest]:
+    """The status message and BadRequest of `violations`, at most MAX_FIELD_VIOLATIONS of them
+    (the rest are counted in the message), so that the details stay far below gRPC's 8 KiB
+    default metadata limit however broken the request."""
+    shown = violations[:MAX_FIELD_VIOLATIONS]
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+        for v in shown
+    ])
+    message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in shown)
+    if len(violations) > len(shown):
+        message += f"; and {len(violations) - len(shown)} more problems"
+    return message, detail
+
+
 def bad_request_status(violations: list[FieldViolation]) -> grpc.Status:
     """INVALID_ARGUMENT whose message lists the violations and whose details hold a BadRequest."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in violations
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+    message, detail = _bad_request(violations)
     return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[packed])
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=_pack(detail))
     )
 
 
 def _bad_request_with(exc: RequestValidationError, extra: list[any_pb2.Any]) -> grpc.Status:
     """INVALID_ARGUMENT with the BadRequest of `exc` followed by `extra` details."""
-    detail = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-        for v in exc.violations
-    ])
-    text = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+    message, detail = _bad_request(exc.violations)
     return rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=text, details=_pack(detail) + extra
+        code=code_pb2.INVALID_ARGUMENT, message=message, details=_pack(detail) + extra
     ))
 
 
@@ -177,18 +183,23 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     if deserializer is None:
         return None
 
+    message_class = getattr(deserializer, "__self__", None)  # FromString is a classmethod
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "message"
+
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError and friends: the bytes are not this message
-            return _Malformed(f"the request bytes are not a valid message: {exc}")
+            return _Malformed(f"the bytes are not a valid {name} ({exc}); serialize the "
+                              "request with this service's protos")
 
     return deserialize
 
 
 def _check_parsed(request: Any) -> None:
     if isinstance(request, _Malformed):
-        raise RequestValidationError([FieldViolation("", request.problem)])
+        raise RequestValidationError([FieldViolation(MALFORMED_FIELD, request.problem)])
 
 
 def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:

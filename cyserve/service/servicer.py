@@ -51,7 +51,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                  limits: ServiceLimits | None = None, *, tls: bool = False,
                  auth_required: bool = False) -> None:
         self._executor = executor
-        self._limits = limits or ServiceLimits()
+        self._configured_limits = limits or ServiceLimits()
+        self._limits = self._configured_limits  # with the model's bounds once attached
         self._features = {"tls": tls, "auth_required": auth_required}
         self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
         self._telemetry = telemetry or Telemetry(
@@ -66,8 +67,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     def attach(self, engine: Any) -> None:
         """Serve `engine` (started) from now on."""
-        self._admission = Admission(self._limits, engine)
         self._model_info = model_info_message(engine.model_info)
+        self._limits = self._configured_limits.for_model(self._model_info.max_model_len)
+        self._admission = Admission(self._limits, engine)
         self._chat_template: ChatTemplate | None = None
         self._chat_template_problem = "the model has no chat template; send a prompt instead"
         source = engine.model_info.chat_template
@@ -120,6 +122,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         # Validated before admission, so an invalid request is INVALID_ARGUMENT even when busy.
         check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
         n = request.sampling.n if request.sampling.HasField("n") else 1
+        self._check_num_completions(n, "sampling.n")
         with self._admit(n):
             async with contextlib.aclosing(
                 self._completions(request, context, "GenerateStream")
@@ -132,6 +135,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> None:
         self._check_batch(request)
         num = sum(max(r.sampling.n, 1) if r.sampling.HasField("n") else 1 for r in request.requests)
+        self._check_num_completions(num, "requests")
         with self._admit(num):
             streams = [_errors_as_items(self._completions(item, context, "GenerateBatch", i), item, i)
                        for i, item in enumerate(request.requests)]
@@ -167,8 +171,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> pb.Capabilities:
         lim, max_len = self._limits, self._model_info.max_model_len
         return pb.Capabilities(
-            max_model_len=max_len, max_prompt_tokens=lim.prompt_limit(max_len),
-            max_tokens=min(lim.max_tokens or max_len, max_len), max_n=lim.max_n,
+            max_model_len=max_len, max_prompt_tokens=lim.max_prompt_tokens,
+            max_tokens=lim.max_tokens, max_n=lim.max_n,
             max_stop_sequences=lim.max_stop_sequences, max_stop_sequence_chars=lim.max_stop_sequence_chars,
             max_stop_token_ids=lim.max_stop_token_ids, max_logit_bias=lim.max_logit_bias,
             max_logprobs=lim.max_logprobs, max_batch_size=lim.max_batch_size,
@@ -194,6 +198,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if self.draining:
             raise ServiceUnavailableError("the server is shutting down; retry on another replica")
         return self._admission.admit(num_requests)
+
+    def _check_num_completions(self, num: int, field: str) -> None:
+        """A call that asks for more completions than the queue holds could never be admitted:
+        INVALID_ARGUMENT naming the limit, not a RESOURCE_EXHAUSTED the caller would retry."""
+        limit = self._limits.max_queued_requests
+        if num > limit:
+            raise RequestValidationError([FieldViolation(field, (
+                f"asks for {num} completions at once (sum of sampling.n over the prompts); this "
+                f"server queues at most {limit} (Capabilities.max_queued_requests): split the call"))])
 
     def _check_batch(self, request: pb.GenerateBatchRequest) -> None:
         limit = self._limits.max_batch_size
