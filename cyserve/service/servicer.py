@@ -22,7 +22,13 @@ import grpc
 import structlog
 
 from cyserve.fastpath.request import EngineRequest, RequestOutput
-from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
+from cyserve.service.chat_template import (
+    ChatTemplate,
+    ChatTemplateError,
+    RenderedChat,
+    prompt_pieces,
+    special_token_pattern,
+)
 from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
 from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError
 from cyserve.service.limits import Admission, ServiceLimits
@@ -83,6 +89,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             except ChatTemplateError as exc:
                 self._chat_template_problem = f"{exc}; send a prompt instead"
                 log.warning("chat_template.unusable", error=str(exc))
+        self._special_tokens = special_token_pattern(_special_token_texts(engine.tokenizer))
         self._engine = engine  # last: `ready` means every field above is set
 
     # ---- RPCs ----
@@ -162,8 +169,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if request.HasField("add_generation_prompt"):
             as_generate.add_generation_prompt = request.add_generation_prompt
         check_generate_request(as_generate)
-        prompt = await self._run_cpu(self._render_chat, as_generate)
-        token_ids = await self._run_cpu(self._engine.tokenizer.encode, prompt, parse_special=True)
+        prompt, token_ids = await self._run_cpu(self._encode_chat, as_generate)
         return pb.RenderChatResponse(prompt=prompt, token_ids=token_ids)
 
     async def GetCapabilities(
@@ -337,18 +343,50 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         """Prompt token ids (runs in a worker thread)."""
         if request.prompt_token_ids:
             return list(request.prompt_token_ids)
-        text = self._render_chat(request) if request.messages else request.prompt
-        return list(self._engine.tokenizer.encode(text, parse_special=True))
+        if request.messages:
+            return self._encode_chat(request)[1]
+        # A raw prompt is the caller's own markup: special tokens written in it count as such.
+        return list(self._engine.tokenizer.encode(request.prompt, parse_special=True))
 
-    def _render_chat(self, request: pb.GenerateRequest) -> str:
+    def _encode_chat(self, request: pb.GenerateRequest) -> tuple[str, list[int]]:
+        """The rendered prompt and its token ids (runs in a worker thread). Message content is
+        plain text: special tokens come only from the template's own text."""
+        rendered = self._render_chat(request)
+        encode = self._engine.tokenizer.encode
+        if rendered.parts is None:  # the template transforms content: refuse what could forge
+            self._refuse_special_text(request)
+            return rendered.text, list(encode(rendered.text, parse_special=True))
+        token_ids: list[int] = []
+        for text, special in prompt_pieces(rendered.parts, self._special_tokens):
+            token_ids.extend(encode(text, parse_special=special))
+        return rendered.text, token_ids
+
+    def _refuse_special_text(self, request: pb.GenerateRequest) -> None:
+        if self._special_tokens is None:
+            return
+        bad = [FieldViolation(f"messages[{i}].content", (
+                   "holds special-token text, which this model's chat template cannot keep apart "
+                   "from its own markup; remove it"))
+               for i, m in enumerate(request.messages) if self._special_tokens.search(m.content)]
+        if bad:
+            raise RequestValidationError(bad)
+
+    def _render_chat(self, request: pb.GenerateRequest) -> RenderedChat:
         if self._chat_template is None:
             raise RequestValidationError([FieldViolation("messages", self._chat_template_problem)])
+        roles = self._chat_template.roles
+        unknown = [FieldViolation(f"messages[{i}].role", (
+                       f"is not a role this model's chat template knows; use one of "
+                       f"{', '.join(sorted(roles))}"))
+                   for i, m in enumerate(request.messages) if m.role not in roles]
+        if unknown:
+            raise RequestValidationError(unknown)
         add_generation_prompt = (
             request.add_generation_prompt if request.HasField("add_generation_prompt") else True
         )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         try:
-            return self._chat_template.render(messages, add_generation_prompt)
+            return self._chat_template.render_parts(messages, add_generation_prompt)
         except ChatTemplateError as exc:
             raise RequestValidationError([FieldViolation("messages", str(exc))]) from exc
 
@@ -392,6 +430,14 @@ async def _engine_outputs(engine: Any, request: EngineRequest) -> AsyncIterator[
         aclose = getattr(outputs, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _special_token_texts(tokenizer: Any) -> list[str]:
+    """The text of every special (control) token of `tokenizer`."""
+    is_special = getattr(tokenizer, "is_special", None)
+    if is_special is None:
+        return []
+    return [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size) if is_special(i)]
 
 
 def _piece(tokenizer: Any, token_id: int | None) -> str:
