@@ -14,6 +14,7 @@ a logged INTERNAL.
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,12 @@ from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
 from cyserve.service.validation import FieldViolation, RequestValidationError
 
 log = structlog.get_logger("cyserve.service")
+
+try:  # what grpc.aio raises from context.write() once the call is gone
+    from grpc._cython.cygrpc import ExecuteBatchError as _ExecuteBatchError
+    _CALL_GONE_ERRORS: tuple[type[BaseException], ...] = (_ExecuteBatchError,)
+except ImportError:  # another grpc build: rely on context.cancelled()
+    _CALL_GONE_ERRORS = ()
 
 # Only the methods of this service are wrapped; health and reflection keep their own behaviour.
 WRAPPED_SERVICE_PREFIX = "/cyserve.v1.Generation/"
@@ -167,7 +174,9 @@ def status_for(exc: Exception) -> grpc.Status:
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     status = status_for(exc)
     if status.code is grpc.StatusCode.INTERNAL and not isinstance(exc, GenerationFailedError):
-        log.error("rpc.internal_error", method=method, exc_info=exc)
+        # The traceback's frames, never their local variables (requests, prompts, outputs): see
+        # cyserve.service.log.
+        log.error("rpc.internal_error", method=method, error_type=type(exc).__name__, exc_info=exc)
     await context.abort_with_status(status)
 
 
@@ -202,6 +211,18 @@ def _check_parsed(request: Any) -> None:
         raise RequestValidationError([FieldViolation(MALFORMED_FIELD, request.problem)])
 
 
+def _cancelled_by_the_client(context: grpc.aio.ServicerContext, exc: Exception) -> bool:
+    """The call is over from the client's side (cancelled, disconnected, deadline passed): what
+    failed in the handler then is a consequence, not an error. A write pending when the client
+    cancels fails with grpc's ExecuteBatchError before the context reports the cancel."""
+    if isinstance(exc, _CALL_GONE_ERRORS):
+        return True
+    try:
+        return bool(context.cancelled())
+    except Exception:  # a context without the API: assume the call is live
+        return False
+
+
 def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -210,6 +231,8 @@ def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callab
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
+            if _cancelled_by_the_client(context, exc):
+                raise asyncio.CancelledError(f"{method}: the client cancelled the call") from None
             await _abort(context, exc, method)
 
     return unary
@@ -226,6 +249,8 @@ def _wrap_stream(method: str, behaviour: Callable[..., Any]) -> Callable[..., An
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
+                if _cancelled_by_the_client(context, exc):
+                    raise asyncio.CancelledError(f"{method}: the client cancelled the call") from None
                 await _abort(context, exc, method)
 
         return stream_gen
