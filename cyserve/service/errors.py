@@ -9,6 +9,7 @@ a logged INTERNAL.
     ResourceExhaustedError                       -> RESOURCE_EXHAUSTED + RetryInfo + ErrorInfo
     EngineStoppedError, ServiceUnavailableError  -> UNAVAILABLE
     ModelLoadingError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (MODEL_LOADING)
+    ShuttingDownError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (SHUTTING_DOWN)
     GenerationFailedError                        -> INTERNAL with the engine's message
     any other Exception                          -> INTERNAL "internal error" (logged with traceback)
 """
@@ -54,6 +55,15 @@ class ModelLoadingError(ServiceUnavailableError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__("the model is still loading; retry shortly (health reports SERVING once "
                          "it is ready)")
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(ServiceUnavailableError):
+    """The server is draining before it stops; retry on another replica after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("the server is shutting down; retry on another replica (health reports "
+                         "NOT_SERVING)")
         self.retry_after_s = retry_after_s
 
 
@@ -138,10 +148,12 @@ def _bad_request_with(exc: RequestValidationError, extra: list[any_pb2.Any]) -> 
     ))
 
 
-def model_loading_status(exc: ModelLoadingError) -> grpc.Status:
+def unavailable_status(exc: ModelLoadingError | ShuttingDownError) -> grpc.Status:
+    """UNAVAILABLE with RetryInfo and ErrorInfo (MODEL_LOADING or SHUTTING_DOWN)."""
     retry = error_details_pb2.RetryInfo()
     retry.retry_delay.FromNanoseconds(int(max(exc.retry_after_s, 0.0) * 1e9))
-    info = error_details_pb2.ErrorInfo(reason="MODEL_LOADING", domain=ERROR_DOMAIN)
+    reason = "MODEL_LOADING" if isinstance(exc, ModelLoadingError) else "SHUTTING_DOWN"
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     return rpc_status.to_status(status_pb2.Status(
         code=code_pb2.UNAVAILABLE, message=f"server unavailable: {exc}", details=_pack(retry, info)
     ))
@@ -161,8 +173,8 @@ def status_for(exc: Exception) -> grpc.Status:
         return resource_exhausted_status(exc)
     if isinstance(exc, InvalidRequestError):
         return bad_request_status([FieldViolation(exc.field, exc.message)])
-    if isinstance(exc, ModelLoadingError):
-        return model_loading_status(exc)
+    if isinstance(exc, (ModelLoadingError, ShuttingDownError)):
+        return unavailable_status(exc)
     if isinstance(exc, (EngineStoppedError, ServiceUnavailableError)):
         reason = str(exc) or "the engine is not running"
         return _plain_status(grpc.StatusCode.UNAVAILABLE, f"server unavailable: {reason}")

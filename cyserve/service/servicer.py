@@ -29,8 +29,14 @@ from cyserve.service.chat_template import (
     prompt_pieces,
     special_token_pattern,
 )
-from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
-from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError
+from cyserve.service.completion import (
+    CompletionProgress,
+    Interrupt,
+    merged,
+    resolved_params,
+    until_deadline,
+)
+from cyserve.service.errors import PromptTooLongError, ShuttingDownError
 from cyserve.service.limits import Admission, ServiceLimits
 from cyserve.service.telemetry import Telemetry
 from cyserve.service.validation import (
@@ -61,6 +67,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self._limits = self._configured_limits  # with the model's bounds once attached
         self._features = {"tls": tls, "auth_required": auth_required}
         self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
+        self._shutdown = asyncio.Event()  # set by finish_all(): every completion ends now
         self._telemetry = telemetry or Telemetry(
             model_name=(engine.model_info.name or "") if engine is not None else "")
         self._engine: Any = None
@@ -70,6 +77,16 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     @property
     def ready(self) -> bool:
         return self._engine is not None
+
+    @property
+    def num_active(self) -> int:
+        """Generation calls in progress."""
+        return self._admission.num_active if self.ready else 0
+
+    def finish_all(self) -> None:
+        """End every completion now with a last message, FINISH_REASON_CANCELLED and an `error`
+        saying the server is shutting down (Server.stop, once the grace period is over)."""
+        self._shutdown.set()
 
     def attach(self, engine: Any) -> None:
         """Serve `engine` (started) from now on."""
@@ -202,7 +219,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     def _admit(self, num_requests: int) -> contextlib.AbstractContextManager[None]:
         if self.draining:
-            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+            raise ShuttingDownError(self._limits.retry_after_s)
         return self._admission.admit(num_requests)
 
     def _check_num_completions(self, num: int, field: str) -> None:
@@ -307,11 +324,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         if request.stopping.HasField("max_time_s") else None)
             telemetry.submitted(engine_request, functools.partial(_input_messages, request))
             async with contextlib.aclosing(until_deadline(
-                _engine_outputs(self._engine, engine_request), deadline
+                _engine_outputs(self._engine, engine_request), deadline, self._shutdown
             )) as outputs:
                 async for output in outputs:
-                    if output is None:  # max_time_s passed; the engine request is aborted
+                    if output is Interrupt.TIME_LIMIT:  # the engine request is aborted
                         yield progress.time_limit_response(request_id)
+                        break
+                    if output is Interrupt.SHUTDOWN:
+                        yield progress.shutdown_response(request_id)
                         break
                     telemetry.on_output(output)
                     response = progress.response(output, request_id)

@@ -45,7 +45,7 @@ class FakeModelInfo:
     name: str = "fake"
     architecture: str = "llama"
     vocab_size: int = 266
-    context_length: int = 64
+    context_length: int = 16384  # room for long SLOW streams (max_tokens is bounded by it)
     num_layers: int = 2
     hidden_size: int = 8
     num_heads: int = 2
@@ -89,7 +89,7 @@ class FakeEngine:
         prompt = self.tokenizer.decode(request.prompt_token_ids)
         self.requests.append(request)
         if "FAIL:invalid" in prompt:
-            raise InvalidRequestError("prompt", "is longer than the context (64 tokens)")
+            raise InvalidRequestError("prompt", "is longer than the context (16384 tokens)")
         if "FAIL:stopped" in prompt:
             raise EngineStoppedError("the engine is stopping")
         if "FAIL:boom" in prompt:

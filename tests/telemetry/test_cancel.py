@@ -66,3 +66,21 @@ def test_cancelling_a_stalled_stream_logs_no_content_and_counts_a_cancel(logged)
     (span,) = [s for s in exporter.get_finished_spans() if s.name.endswith("/GenerateStream")]
     assert span.attributes["error.type"] == "CANCELLED"
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+
+
+def test_an_expired_deadline_is_deadline_exceeded_in_logs_and_metrics(logged):  # noqa: F811
+    engine = FakeEngine()
+    with telemetry_server(engine, metrics_port=0) as server, \
+            grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.GenerationStub(channel).Generate(pb.GenerateRequest(
+                prompt="SLOW", request_id="late", stopping=pb.StoppingCriteria(max_tokens=10**4)),
+                timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: "request.finished" in logged.events("late"))
+        assert wait_until(lambda: value(scrape(server.metrics_port), "cyserve_requests_total",
+                                        model_name="fake", method="Generate",
+                                        code="DEADLINE_EXCEEDED") == 1)
+        assert value(scrape(server.metrics_port), "cyserve_requests_total", model_name="fake",
+                     method="Generate", code="CANCELLED") == 0
+    assert logged.events("late")["request.finished"]["status"] == "DEADLINE_EXCEEDED"
