@@ -83,11 +83,16 @@ class CountingExporter(SpanExporter):
 
 
 class _ByteTokenizer:
+    vocab_size = 266
+
     def encode(self, text: str, parse_special: bool = True) -> list[int]:
         return [b + 10 for b in text.encode()]
 
     def id_to_piece(self, token_id: int) -> str:
         return chr(max(token_id - 10, 32))
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id < 10
 
 
 class EchoEngine:

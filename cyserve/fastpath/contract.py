@@ -59,6 +59,8 @@ class TokenizerClient(Protocol):
 
     def id_to_piece(self, token_id: int) -> str: ...
 
+    def is_special(self, token_id: int) -> bool: ...
+
 
 class EngineClient(Protocol):
     """A started engine, as the service sees it."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from cyserve.fastpath.contract import TokenizerClient
@@ -75,6 +76,13 @@ class CompletionProgress:
         self.finish_reason = FinishReason.TIME_LIMIT
         return self._message(request_id, finish_reason=int(FinishReason.TIME_LIMIT),
                              usage=self.usage(), timings=self.timings(None))
+
+    def shutdown_response(self, request_id: str) -> pb.GenerateResponse:
+        """The last message of a completion the server stopped because it is shutting down."""
+        self.finish_reason = FinishReason.CANCELLED
+        return self._message(request_id, finish_reason=int(FinishReason.CANCELLED),
+                             usage=self.usage(), timings=self.timings(None),
+                             error="the server is shutting down; retry on another replica")
 
     def usage(self) -> pb.Usage:
         return pb.Usage(prompt_tokens=self.num_prompt_tokens,
@@ -158,23 +166,46 @@ def resolved_params(request: EngineRequest, output: pb.OutputOptions) -> pb.Reso
                              prompt_tokens=len(request.prompt_token_ids))
 
 
-async def until_deadline(outputs: AsyncIterator[RequestOutput],
-                         deadline: float | None) -> AsyncIterator[RequestOutput | None]:
-    """`outputs`, then a single None if the monotonic `deadline` passes first (the pending read is
-    cancelled, which closes the engine's iterator and aborts the request there)."""
-    while True:
-        if deadline is None:
-            item = await anext(outputs, _END)
-        else:
-            remaining = deadline - time.monotonic()
-            try:
-                item = await asyncio.wait_for(anext(outputs, _END), max(remaining, 0.0))
-            except TimeoutError:
-                yield None
+class Interrupt(enum.Enum):
+    """Why until_deadline() stopped a completion before the engine finished it."""
+
+    TIME_LIMIT = "max_time_s passed"
+    SHUTDOWN = "the server is shutting down"
+
+
+async def until_deadline(outputs: AsyncGenerator[RequestOutput, None], deadline: float | None,
+                         shutdown: asyncio.Event | None = None,
+                         ) -> AsyncIterator[RequestOutput | Interrupt]:
+    """`outputs`, then a single Interrupt if the monotonic `deadline` passes or `shutdown` is set
+    first. However this ends, the pending read is cancelled and `outputs` closed, which closes the
+    engine's iterator and aborts the request there."""
+    stopping = asyncio.ensure_future(shutdown.wait()) if shutdown is not None else None
+    try:
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if stopping is None and remaining is None:
+                item = await anext(outputs, _END)
+            else:
+                reading = asyncio.ensure_future(anext(outputs, _END))
+                waited = {reading} if stopping is None else {reading, stopping}
+                try:
+                    await asyncio.wait(waited, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # however this ends (our caller cancelled too), the read does not outlive it
+                    if not reading.done():
+                        reading.cancel()
+                        await asyncio.gather(reading, return_exceptions=True)
+                if reading.cancelled():
+                    yield (Interrupt.SHUTDOWN if stopping is not None and stopping.done()
+                           else Interrupt.TIME_LIMIT)
+                    return
+                item = reading.result()
+            if item is _END:
                 return
-        if item is _END:
-            return
-        yield item
+            yield item
+    finally:
+        if stopping is not None:
+            stopping.cancel()
+        await outputs.aclose()  # closes the engine's iterator now, however this ended
 
 
 _END: Any = object()

@@ -9,11 +9,13 @@ a logged INTERNAL.
     ResourceExhaustedError                       -> RESOURCE_EXHAUSTED + RetryInfo + ErrorInfo
     EngineStoppedError, ServiceUnavailableError  -> UNAVAILABLE
     ModelLoadingError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (MODEL_LOADING)
+    ShuttingDownError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (SHUTTING_DOWN)
     GenerationFailedError                        -> INTERNAL with the engine's message
     any other Exception                          -> INTERNAL "internal error" (logged with traceback)
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,9 +31,18 @@ from cyserve.service.validation import FieldViolation, RequestValidationError
 
 log = structlog.get_logger("cyserve.service")
 
+try:  # what grpc.aio raises from context.write() once the call is gone
+    from grpc._cython.cygrpc import ExecuteBatchError as _ExecuteBatchError
+    _CALL_GONE_ERRORS: tuple[type[BaseException], ...] = (_ExecuteBatchError,)
+except ImportError:  # another grpc build: rely on context.cancelled()
+    _CALL_GONE_ERRORS = ()
+
 # Only the methods of this service are wrapped; health and reflection keep their own behaviour.
 WRAPPED_SERVICE_PREFIX = "/cyserve.v1.Generation/"
 ERROR_DOMAIN = "cyserve.v1"  # google.rpc.ErrorInfo.domain of our errors
+# The violation's field when the request bytes do not parse: the request as a whole.
+MALFORMED_FIELD = "request"
+MAX_FIELD_VIOLATIONS = 16  # per status; a repeated field reports at most 8 of its own
 
 
 class ServiceUnavailableError(Exception):
@@ -44,6 +55,15 @@ class ModelLoadingError(ServiceUnavailableError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__("the model is still loading; retry shortly (health reports SERVING once "
                          "it is ready)")
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(ServiceUnavailableError):
+    """The server is draining before it stops; retry on another replica after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("the server is shutting down; retry on another replica (health reports "
+                         "NOT_SERVING)")
         self.retry_after_s = retry_after_s
 
 
@@ -97,38 +117,43 @@ def resource_exhausted_status(exc: ResourceExhaustedError) -> grpc.Status:
     ))
 
 
+def _bad_request(violations: list[FieldViolation]) -> tuple[str, error_details_pb2.BadRequest]:
+    """The status message and BadRequest of `violations`, at most MAX_FIELD_VIOLATIONS of them
+    (the rest are counted in the message), so that the details stay far below gRPC's 8 KiB
+    default metadata limit however broken the request."""
+    shown = violations[:MAX_FIELD_VIOLATIONS]
+    detail = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+        for v in shown
+    ])
+    message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in shown)
+    if len(violations) > len(shown):
+        message += f"; and {len(violations) - len(shown)} more problems"
+    return message, detail
+
+
 def bad_request_status(violations: list[FieldViolation]) -> grpc.Status:
     """INVALID_ARGUMENT whose message lists the violations and whose details hold a BadRequest."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in violations
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    message = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+    message, detail = _bad_request(violations)
     return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[packed])
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=_pack(detail))
     )
 
 
 def _bad_request_with(exc: RequestValidationError, extra: list[any_pb2.Any]) -> grpc.Status:
     """INVALID_ARGUMENT with the BadRequest of `exc` followed by `extra` details."""
-    detail = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-        for v in exc.violations
-    ])
-    text = "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+    message, detail = _bad_request(exc.violations)
     return rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=text, details=_pack(detail) + extra
+        code=code_pb2.INVALID_ARGUMENT, message=message, details=_pack(detail) + extra
     ))
 
 
-def model_loading_status(exc: ModelLoadingError) -> grpc.Status:
+def unavailable_status(exc: ModelLoadingError | ShuttingDownError) -> grpc.Status:
+    """UNAVAILABLE with RetryInfo and ErrorInfo (MODEL_LOADING or SHUTTING_DOWN)."""
     retry = error_details_pb2.RetryInfo()
     retry.retry_delay.FromNanoseconds(int(max(exc.retry_after_s, 0.0) * 1e9))
-    info = error_details_pb2.ErrorInfo(reason="MODEL_LOADING", domain=ERROR_DOMAIN)
+    reason = "MODEL_LOADING" if isinstance(exc, ModelLoadingError) else "SHUTTING_DOWN"
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     return rpc_status.to_status(status_pb2.Status(
         code=code_pb2.UNAVAILABLE, message=f"server unavailable: {exc}", details=_pack(retry, info)
     ))
@@ -148,8 +173,8 @@ def status_for(exc: Exception) -> grpc.Status:
         return resource_exhausted_status(exc)
     if isinstance(exc, InvalidRequestError):
         return bad_request_status([FieldViolation(exc.field, exc.message)])
-    if isinstance(exc, ModelLoadingError):
-        return model_loading_status(exc)
+    if isinstance(exc, (ModelLoadingError, ShuttingDownError)):
+        return unavailable_status(exc)
     if isinstance(exc, (EngineStoppedError, ServiceUnavailableError)):
         reason = str(exc) or "the engine is not running"
         return _plain_status(grpc.StatusCode.UNAVAILABLE, f"server unavailable: {reason}")
@@ -161,7 +186,9 @@ def status_for(exc: Exception) -> grpc.Status:
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     status = status_for(exc)
     if status.code is grpc.StatusCode.INTERNAL and not isinstance(exc, GenerationFailedError):
-        log.error("rpc.internal_error", method=method, exc_info=exc)
+        # The traceback's frames, never their local variables (requests, prompts, outputs): see
+        # cyserve.service.observability.log.
+        log.error("rpc.internal_error", method=method, error_type=type(exc).__name__, exc_info=exc)
     await context.abort_with_status(status)
 
 
@@ -177,18 +204,35 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     if deserializer is None:
         return None
 
+    message_class = getattr(deserializer, "__self__", None)  # FromString is a classmethod
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "message"
+
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError and friends: the bytes are not this message
-            return _Malformed(f"the request bytes are not a valid message: {exc}")
+            return _Malformed(f"the bytes are not a valid {name} ({exc}); serialize the "
+                              "request with this service's protos")
 
     return deserialize
 
 
 def _check_parsed(request: Any) -> None:
     if isinstance(request, _Malformed):
-        raise RequestValidationError([FieldViolation("", request.problem)])
+        raise RequestValidationError([FieldViolation(MALFORMED_FIELD, request.problem)])
+
+
+def _cancelled_by_the_client(context: grpc.aio.ServicerContext, exc: Exception) -> bool:
+    """The call is over from the client's side (cancelled, disconnected, deadline passed): what
+    failed in the handler then is a consequence, not an error. A write pending when the client
+    cancels fails with grpc's ExecuteBatchError before the context reports the cancel."""
+    if isinstance(exc, _CALL_GONE_ERRORS):
+        return True
+    try:
+        return bool(context.cancelled())
+    except Exception:  # a context without the API: assume the call is live
+        return False
 
 
 def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -199,6 +243,8 @@ def _wrap_unary(method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callab
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
+            if _cancelled_by_the_client(context, exc):
+                raise asyncio.CancelledError(f"{method}: the client cancelled the call") from None
             await _abort(context, exc, method)
 
     return unary
@@ -215,6 +261,8 @@ def _wrap_stream(method: str, behaviour: Callable[..., Any]) -> Callable[..., An
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
+                if _cancelled_by_the_client(context, exc):
+                    raise asyncio.CancelledError(f"{method}: the client cancelled the call") from None
                 await _abort(context, exc, method)
 
         return stream_gen

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cyserve.fastpath.contract import EngineClient
 from cyserve.fastpath.settings import check_settings, parse_bytes, setting
@@ -49,6 +49,15 @@ class ServiceLimits:
         """Most prompt tokens a request may have on a server with `max_model_len`."""
         model_limit = max(max_model_len - 1, 1)
         return min(self.max_prompt_tokens, model_limit) if self.max_prompt_tokens else model_limit
+
+    def tokens_limit(self, max_model_len: int) -> int:
+        """Largest max_tokens a request may ask for on a server with `max_model_len`."""
+        return min(self.max_tokens, max_model_len) if self.max_tokens else max_model_len
+
+    def for_model(self, max_model_len: int) -> ServiceLimits:
+        """These limits with the model's bounds applied: what the server enforces and reports."""
+        return replace(self, max_prompt_tokens=self.prompt_limit(max_model_len),
+                       max_tokens=self.tokens_limit(max_model_len))
 
     def check(self) -> None:
         """Raise ValueError on a limit no server could use."""

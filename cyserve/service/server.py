@@ -42,6 +42,15 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 NUM_CPU_WORKERS = 2  # threads for chat rendering and tokenizing
+FINAL_MESSAGE_S = 2.0  # after the grace period: time for the last messages to be sent
+DRAIN_POLL_S = 0.05
+
+
+async def _until(done: Callable[[], bool], timeout: float) -> None:
+    """Return once done() holds, or after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
 
 
 class ServeError(Exception):
@@ -146,16 +155,24 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace` seconds,
-        then cancel the rest (which aborts their requests in the engine)."""
+        """Drain, then stop. Health says NOT_SERVING at once and new generation calls get
+        UNAVAILABLE with RetryInfo, while the port keeps listening; calls in flight run on for up
+        to `grace` seconds (None or 0: none). Then every completion still running ends with a
+        last message (FINISH_REASON_CANCELLED, `error` saying why), and the server closes."""
         if self._stopped:
             return
         self._stopped = True
-        if self._servicer is not None:
-            self._servicer.draining = True  # new generation calls: UNAVAILABLE
+        servicer = self._servicer
+        if servicer is not None:
+            servicer.draining = True  # new generation calls: UNAVAILABLE
         await self.health.enter_graceful_shutdown()
+        if servicer is not None:
+            if grace:
+                await _until(lambda: servicer.num_active == 0, grace)
+            servicer.finish_all()
+            await _until(lambda: servicer.num_active == 0, FINAL_MESSAGE_S)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(FINAL_MESSAGE_S if grace else 0)  # cancels what is left
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._stop_metrics()

@@ -22,9 +22,21 @@ import structlog
 
 from cyserve.fastpath.contract import EngineClient, ModelInfo, TokenizerClient
 from cyserve.fastpath.core.request import EngineRequest, RequestOutput
-from cyserve.service.chat_template import ChatTemplate, ChatTemplateError
-from cyserve.service.completion import CompletionProgress, merged, resolved_params, until_deadline
-from cyserve.service.errors import PromptTooLongError, ServiceUnavailableError
+from cyserve.service.chat_template import (
+    ChatTemplate,
+    ChatTemplateError,
+    RenderedChat,
+    prompt_pieces,
+    special_token_pattern,
+)
+from cyserve.service.completion import (
+    CompletionProgress,
+    Interrupt,
+    merged,
+    resolved_params,
+    until_deadline,
+)
+from cyserve.service.errors import PromptTooLongError, ShuttingDownError
 from cyserve.service.limits import Admission, ServiceLimits
 from cyserve.service.observability.telemetry import Telemetry
 from cyserve.service.validation import (
@@ -51,9 +63,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                  limits: ServiceLimits | None = None, *, tls: bool = False,
                  auth_required: bool = False) -> None:
         self._executor = executor
-        self._limits = limits or ServiceLimits()
+        self._configured_limits = limits or ServiceLimits()
+        self._limits = self._configured_limits  # with the model's bounds once attached
         self._features = {"tls": tls, "auth_required": auth_required}
         self.draining = False  # set by Server.stop: new generation calls get UNAVAILABLE
+        self._shutdown = asyncio.Event()  # set by finish_all(): every completion ends now
         self._telemetry = telemetry or Telemetry(
             model_name=(engine.model_info.name or "") if engine is not None else "")
         self._engine: EngineClient | None = None
@@ -64,10 +78,21 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     def ready(self) -> bool:
         return self._engine is not None
 
+    @property
+    def num_active(self) -> int:
+        """Generation calls in progress."""
+        return self._admission.num_active if self.ready else 0
+
+    def finish_all(self) -> None:
+        """End every completion now with a last message, FINISH_REASON_CANCELLED and an `error`
+        saying the server is shutting down (Server.stop, once the grace period is over)."""
+        self._shutdown.set()
+
     def attach(self, engine: EngineClient) -> None:
         """Serve `engine` (started) from now on."""
-        self._admission = Admission(self._limits, engine)
         self._model_info = model_info_message(engine.model_info)
+        self._limits = self._configured_limits.for_model(self._model_info.max_model_len)
+        self._admission = Admission(self._limits, engine)
         self._chat_template: ChatTemplate | None = None
         self._chat_template_problem = "the model has no chat template; send a prompt instead"
         source = engine.model_info.chat_template
@@ -81,6 +106,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             except ChatTemplateError as exc:
                 self._chat_template_problem = f"{exc}; send a prompt instead"
                 log.warning("chat_template.unusable", error=str(exc))
+        self._special_tokens = special_token_pattern(_special_token_texts(engine.tokenizer))
         self._engine = engine  # last: `ready` means every field above is set
 
     # ---- RPCs ----
@@ -120,6 +146,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         # Validated before admission, so an invalid request is INVALID_ARGUMENT even when busy.
         check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
         n = request.sampling.n if request.sampling.HasField("n") else 1
+        self._check_num_completions(n, "sampling.n")
         with self._admit(n):
             async with contextlib.aclosing(
                 self._completions(request, context, "GenerateStream")
@@ -132,6 +159,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> None:
         self._check_batch(request)
         num = sum(max(r.sampling.n, 1) if r.sampling.HasField("n") else 1 for r in request.requests)
+        self._check_num_completions(num, "requests")
         with self._admit(num):
             streams = [_errors_as_items(self._completions(item, context, "GenerateBatch", i), item, i)
                        for i, item in enumerate(request.requests)]
@@ -158,8 +186,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if request.HasField("add_generation_prompt"):
             as_generate.add_generation_prompt = request.add_generation_prompt
         check_generate_request(as_generate)
-        prompt = await self._run_cpu(self._render_chat, as_generate)
-        token_ids = await self._run_cpu(self._engine.tokenizer.encode, prompt, parse_special=True)
+        prompt, token_ids = await self._run_cpu(self._encode_chat, as_generate)
         return pb.RenderChatResponse(prompt=prompt, token_ids=token_ids)
 
     async def GetCapabilities(
@@ -167,8 +194,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> pb.Capabilities:
         lim, max_len = self._limits, self._model_info.max_model_len
         return pb.Capabilities(
-            max_model_len=max_len, max_prompt_tokens=lim.prompt_limit(max_len),
-            max_tokens=min(lim.max_tokens or max_len, max_len), max_n=lim.max_n,
+            max_model_len=max_len, max_prompt_tokens=lim.max_prompt_tokens,
+            max_tokens=lim.max_tokens, max_n=lim.max_n,
             max_stop_sequences=lim.max_stop_sequences, max_stop_sequence_chars=lim.max_stop_sequence_chars,
             max_stop_token_ids=lim.max_stop_token_ids, max_logit_bias=lim.max_logit_bias,
             max_logprobs=lim.max_logprobs, max_batch_size=lim.max_batch_size,
@@ -192,8 +219,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     def _admit(self, num_requests: int) -> contextlib.AbstractContextManager[None]:
         if self.draining:
-            raise ServiceUnavailableError("the server is shutting down; retry on another replica")
+            raise ShuttingDownError(self._limits.retry_after_s)
         return self._admission.admit(num_requests)
+
+    def _check_num_completions(self, num: int, field: str) -> None:
+        """A call that asks for more completions than the queue holds could never be admitted:
+        INVALID_ARGUMENT naming the limit, not a RESOURCE_EXHAUSTED the caller would retry."""
+        limit = self._limits.max_queued_requests
+        if num > limit:
+            raise RequestValidationError([FieldViolation(field, (
+                f"asks for {num} completions at once (sum of sampling.n over the prompts); this "
+                f"server queues at most {limit} (Capabilities.max_queued_requests): split the call"))])
 
     def _check_batch(self, request: pb.GenerateBatchRequest) -> None:
         limit = self._limits.max_batch_size
@@ -278,11 +314,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         if request.stopping.HasField("max_time_s") else None)
             telemetry.submitted(engine_request, functools.partial(_input_messages, request))
             async with contextlib.aclosing(until_deadline(
-                _engine_outputs(self._engine, engine_request), deadline
+                _engine_outputs(self._engine, engine_request), deadline, self._shutdown
             )) as outputs:
                 async for output in outputs:
-                    if output is None:  # max_time_s passed; the engine request is aborted
+                    if output is Interrupt.TIME_LIMIT:  # the engine request is aborted
                         yield progress.time_limit_response(request_id)
+                        break
+                    if output is Interrupt.SHUTDOWN:
+                        yield progress.shutdown_response(request_id)
                         break
                     telemetry.on_output(output)
                     response = progress.response(output, request_id)
@@ -314,18 +353,50 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         """Prompt token ids (runs in a worker thread)."""
         if request.prompt_token_ids:
             return list(request.prompt_token_ids)
-        text = self._render_chat(request) if request.messages else request.prompt
-        return list(self._engine.tokenizer.encode(text, parse_special=True))
+        if request.messages:
+            return self._encode_chat(request)[1]
+        # A raw prompt is the caller's own markup: special tokens written in it count as such.
+        return list(self._engine.tokenizer.encode(request.prompt, parse_special=True))
 
-    def _render_chat(self, request: pb.GenerateRequest) -> str:
+    def _encode_chat(self, request: pb.GenerateRequest) -> tuple[str, list[int]]:
+        """The rendered prompt and its token ids (runs in a worker thread). Message content is
+        plain text: special tokens come only from the template's own text."""
+        rendered = self._render_chat(request)
+        encode = self._engine.tokenizer.encode
+        if rendered.parts is None:  # the template transforms content: refuse what could forge
+            self._refuse_special_text(request)
+            return rendered.text, list(encode(rendered.text, parse_special=True))
+        token_ids: list[int] = []
+        for text, special in prompt_pieces(rendered.parts, self._special_tokens):
+            token_ids.extend(encode(text, parse_special=special))
+        return rendered.text, token_ids
+
+    def _refuse_special_text(self, request: pb.GenerateRequest) -> None:
+        if self._special_tokens is None:
+            return
+        bad = [FieldViolation(f"messages[{i}].content", (
+                   "holds special-token text, which this model's chat template cannot keep apart "
+                   "from its own markup; remove it"))
+               for i, m in enumerate(request.messages) if self._special_tokens.search(m.content)]
+        if bad:
+            raise RequestValidationError(bad)
+
+    def _render_chat(self, request: pb.GenerateRequest) -> RenderedChat:
         if self._chat_template is None:
             raise RequestValidationError([FieldViolation("messages", self._chat_template_problem)])
+        roles = self._chat_template.roles
+        unknown = [FieldViolation(f"messages[{i}].role", (
+                       f"is not a role this model's chat template knows; use one of "
+                       f"{', '.join(sorted(roles))}"))
+                   for i, m in enumerate(request.messages) if m.role not in roles]
+        if unknown:
+            raise RequestValidationError(unknown)
         add_generation_prompt = (
             request.add_generation_prompt if request.HasField("add_generation_prompt") else True
         )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         try:
-            return self._chat_template.render(messages, add_generation_prompt)
+            return self._chat_template.render_parts(messages, add_generation_prompt)
         except ChatTemplateError as exc:
             raise RequestValidationError([FieldViolation("messages", str(exc))]) from exc
 
@@ -362,6 +433,11 @@ async def _engine_outputs(engine: EngineClient, request: EngineRequest) -> Async
     async with contextlib.aclosing(engine.generate(request)) as outputs:
         async for output in outputs:
             yield output
+
+
+def _special_token_texts(tokenizer: TokenizerClient) -> list[str]:
+    """The text of every special (control) token of `tokenizer`."""
+    return [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size) if tokenizer.is_special(i)]
 
 
 def _piece(tokenizer: TokenizerClient, token_id: int) -> str:

@@ -18,6 +18,7 @@ DEFAULT_MAX_TOKENS = StoppingParams().max_tokens
 MAX_ABS_LOGIT_BIAS = 100.0
 MAX_ABS_PENALTY = 2.0  # presence / frequency, as OpenAI's API
 SEED_MASK = (1 << 64) - 1
+MAX_VIOLATIONS_PER_FIELD = 8  # of one repeated field: a handful is enough to act on
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _token_id_violations(field: str, ids, vocab_size: int | None) -> list[FieldV
     if vocab_size is None:
         return []
     return [FieldViolation(f"{field}[{i}]", f"token id {t} is outside the vocabulary 0..{vocab_size - 1}")
-            for i, t in enumerate(ids) if t >= vocab_size][:8]  # a handful is enough to act on
+            for i, t in enumerate(ids) if t >= vocab_size][:MAX_VIOLATIONS_PER_FIELD]
 
 
 def _range(violations: list, msg, name: str, ok, rule: str) -> None:
@@ -116,15 +117,25 @@ def _sampling_violations(sampling: pb.SamplingParams, limits, vocab_size) -> lis
            f"in [1, {max_n}]" if max_n else ">= 1")
     max_bias = limits.max_logit_bias if limits is not None else None
     if max_bias is not None and len(sampling.logit_bias) > max_bias:
+        # The count first: entries beyond the limit are not looked at one by one.
         v.append(FieldViolation("logit_bias", f"has {len(sampling.logit_bias)} entries; at most {max_bias}"))
-    for token_id, bias in sorted(sampling.logit_bias.items()):
+    else:
+        v += _logit_bias_violations(sampling.logit_bias, vocab_size)
+    return [FieldViolation("sampling." + x.field, x.description) for x in v]
+
+
+def _logit_bias_violations(logit_bias, vocab_size: int | None) -> list[FieldViolation]:
+    v: list[FieldViolation] = []
+    for token_id, bias in sorted(logit_bias.items()):
         if vocab_size is not None and token_id >= vocab_size:
             v.append(FieldViolation(f"logit_bias[{token_id}]",
                                     f"token id {token_id} is outside the vocabulary 0..{vocab_size - 1}"))
         elif not -MAX_ABS_LOGIT_BIAS <= bias <= MAX_ABS_LOGIT_BIAS:
             v.append(FieldViolation(f"logit_bias[{token_id}]",
                                     f"bias must be in [-{MAX_ABS_LOGIT_BIAS:g}, {MAX_ABS_LOGIT_BIAS:g}], got {bias}"))
-    return [FieldViolation("sampling." + x.field, x.description) for x in v]
+        if len(v) == MAX_VIOLATIONS_PER_FIELD:
+            break
+    return v
 
 
 def _stopping_violations(stopping: pb.StoppingCriteria, limits, vocab_size) -> list[FieldViolation]:
@@ -139,16 +150,24 @@ def _stopping_violations(stopping: pb.StoppingCriteria, limits, vocab_size) -> l
     _range(v, stopping, "max_time_s", lambda s: math.isfinite(s) and s > 0.0, "> 0 seconds")
     if limits is not None and len(stopping.stop) > limits.max_stop_sequences:
         v.append(FieldViolation("stop", f"has {len(stopping.stop)} strings; at most {limits.max_stop_sequences}"))
-    for i, stop in enumerate(stopping.stop):
-        if not stop:
-            v.append(FieldViolation(f"stop[{i}]", "must not be empty"))
-        elif limits is not None and len(stop) > limits.max_stop_sequence_chars:
-            v.append(FieldViolation(f"stop[{i}]", f"must be at most {limits.max_stop_sequence_chars} characters"))
+    elif stopping.stop:
+        v += _stop_string_violations(stopping.stop, limits)
     if limits is not None and len(stopping.stop_token_ids) > limits.max_stop_token_ids:
         v.append(FieldViolation("stop_token_ids", f"has {len(stopping.stop_token_ids)} ids; "
                                                   f"at most {limits.max_stop_token_ids}"))
-    v += _token_id_violations("stop_token_ids", stopping.stop_token_ids, vocab_size)
+    else:
+        v += _token_id_violations("stop_token_ids", stopping.stop_token_ids, vocab_size)
     return [FieldViolation("stopping." + x.field, x.description) for x in v]
+
+
+def _stop_string_violations(stop, limits) -> list[FieldViolation]:
+    v: list[FieldViolation] = []
+    for i, text in enumerate(stop):
+        if not text:
+            v.append(FieldViolation(f"stop[{i}]", "must not be empty"))
+        elif limits is not None and len(text) > limits.max_stop_sequence_chars:
+            v.append(FieldViolation(f"stop[{i}]", f"must be at most {limits.max_stop_sequence_chars} characters"))
+    return v[:MAX_VIOLATIONS_PER_FIELD]
 
 
 def _output_violations(output: pb.OutputOptions, limits) -> list[FieldViolation]:

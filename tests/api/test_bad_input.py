@@ -7,7 +7,7 @@ import pytest
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import details_of, violation_fields, wait_until
+from server_support import details_of, field_violations, violation_fields, wait_until
 
 from cyserve.v1 import generation_pb2 as pb
 
@@ -102,6 +102,8 @@ def test_malformed_bytes_on_the_wire(channel, api_stub):
     with pytest.raises(grpc.RpcError) as err:
         raw(b"\xff\xff\xff\xff garbage", timeout=30)
     assert err.value.code() == INVALID
+    ((field, description),) = field_violations(err.value)
+    assert field == "request" and "not a valid cyserve.v1.GenerateRequest" in description
     assert api_stub.Generate(_req(), timeout=60).usage.completion_tokens >= 1
 
 

@@ -40,11 +40,15 @@ class FakeTokenizer:
     def id_to_piece(self, token_id: int) -> str:
         return {1: "<s>", 2: "</s>"}.get(token_id) or self.decode([token_id])
 
+    def is_special(self, token_id: int) -> bool:
+        return token_id in (1, 2)
+
 
 def fake_model_info(**overrides) -> ModelInfo:
-    """The fake engine's ModelInfo (a 64-token context, the byte tokenizer's vocabulary)."""
+    """The fake engine's ModelInfo (a 16384-token context: room for long SLOW streams,
+    whose max_tokens it bounds; the byte tokenizer's vocabulary)."""
     fields = dict(name="fake", path="/nonexistent/fake.gguf", architecture="llama", vocab_size=266,
-                  context_length=64, max_model_len=64, num_layers=2, hidden_size=8, num_heads=2,
+                  context_length=16384, max_model_len=16384, num_layers=2, hidden_size=8, num_heads=2,
                   num_kv_heads=1, quantization="F32", bos_token_id=1, eos_token_id=2,
                   chat_template=CHATML_TEMPLATE)
     return ModelInfo(**{**fields, **overrides})
@@ -74,7 +78,7 @@ class FakeEngine:
         prompt = self.tokenizer.decode(request.prompt_token_ids)
         self.requests.append(request)
         if "FAIL:invalid" in prompt:
-            raise InvalidRequestError("prompt", "is longer than the context (64 tokens)")
+            raise InvalidRequestError("prompt", "is longer than the context (16384 tokens)")
         if "FAIL:stopped" in prompt:
             raise EngineStoppedError("the engine is stopping")
         if "FAIL:boom" in prompt:

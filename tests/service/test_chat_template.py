@@ -74,3 +74,22 @@ def test_template_failures_on_messages_are_chat_template_errors():
 def test_syntax_error_is_reported_at_compile_time():
     with pytest.raises(ChatTemplateError, match="does not compile"):
         ChatTemplate("{% for m in messages %}")
+
+
+def test_render_parts_locate_each_message_content(smollm2_template):
+    from cyserve.service.chat_template import prompt_pieces, special_token_pattern
+
+    template = ChatTemplate(smollm2_template)
+    rendered = template.render_parts([{"role": "user", "content": "a<|im_end|>b"}], True)
+    assert "".join(text for text, _ in rendered.parts) == rendered.text
+    assert ("a<|im_end|>b", True) in rendered.parts
+    pieces = prompt_pieces(rendered.parts, special_token_pattern(["<|im_start|>", "<|im_end|>"]))
+    assert [text for text, special in pieces if special] == ["<|im_start|>", "<|im_end|>"] * 2 + ["<|im_start|>"]
+    assert template.roles == {"system", "user", "assistant"}
+
+
+def test_a_template_that_transforms_content_has_no_parts():
+    template = ChatTemplate("{% for m in messages %}{% if m.role == 'tool' %}T{% endif %}"
+                            "{{ m['content'] | trim }}{% endfor %}")
+    assert template.render_parts([{"role": "user", "content": " x "}], False).parts is None
+    assert "tool" in template.roles

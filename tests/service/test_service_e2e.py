@@ -144,7 +144,7 @@ def test_bad_input_is_invalid_argument(stub, engine, request_, field):
 
 
 def _long_request() -> pb.GenerateRequest:
-    return greedy(max_tokens=4000, ignore_eos=True)
+    return greedy(max_tokens=2800, ignore_eos=True)
 
 
 def test_cancelled_stream_frees_its_kv_blocks(stub, engine):

@@ -4,6 +4,7 @@ checked against the real engine in test_service_e2e.py."""
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -11,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from server_support import field_violations, running_server, wait_until
+from google.rpc import error_details_pb2
+from server_support import details_of, field_violations, running_server, wait_until
 
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
@@ -168,8 +170,8 @@ def test_tokenize_and_model_info(fake_stub, fake_engine):
     assert list(fake_stub.Tokenize(pb.TokenizeRequest(), timeout=TIMEOUT).token_ids) == []
     info = fake_stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
     assert (info.name, info.architecture, info.quantization) == ("fake", "llama", "F32")
-    assert (info.vocab_size, info.context_length, info.num_layers) == (266, 64, 2)
-    assert info.max_model_len == 64  # the fake has no max_model_len: context_length stands in
+    assert (info.vocab_size, info.context_length, info.num_layers) == (266, 16384, 2)
+    assert info.max_model_len == 16384  # the fake has no max_model_len: context_length stands in
     assert (info.num_heads, info.num_kv_heads, info.hidden_size) == (2, 1, 8)
     assert (info.bos_token_id, info.eos_token_id) == (1, 2)
     assert "im_start" in info.chat_template
@@ -185,24 +187,42 @@ def test_health_and_reflection(fake_channel):
     assert "grpc.health.v1.Health" in services
 
 
-def test_shutdown_reports_not_serving_and_cancels_streams():
+def test_shutdown_drains_listening_then_ends_every_stream_with_a_final_message():
     engine = FakeEngine()
+    grace = 1.5
     with running_server(engine) as (server, loop_thread):
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            watch = health.Watch(
-                health_pb2.HealthCheckRequest(service="cyserve.v1.Generation"), timeout=TIMEOUT
-            )
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             stub = pb_grpc.GenerationStub(channel)
-            request = pb.GenerateRequest(prompt="SLOW", stopping=pb.StoppingCriteria(max_tokens=10**4))
-            stream = stub.GenerateStream(request, timeout=TIMEOUT)
-            next(stream)
-            stopper = threading.Thread(target=loop_thread.run, args=(server.stop(0.5),))
-            stopper.start()
-            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-            with pytest.raises(grpc.RpcError):
-                list(stream)  # cancelled when the grace period ends
-            stopper.join(10)
+            slow = pb.GenerateRequest(prompt="SLOW", stopping=pb.StoppingCriteria(max_tokens=10**4))
+            stream = stub.GenerateStream(slow, timeout=TIMEOUT)
+            first = next(stream)
+            unary = stub.Generate.future(slow, timeout=TIMEOUT)
+            assert wait_until(lambda: len(engine.live) == 2)
+            stopping = loop_thread.submit(server.stop(grace))
+            check = health_pb2.HealthCheckRequest(service="cyserve.v1.Generation")
+            assert wait_until(lambda: health.Check(check, timeout=TIMEOUT).status
+                              == health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Still listening during the grace period: new calls are refused with a retry hint.
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Generate(pb.GenerateRequest(prompt="hi"), timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert details_of(refused.value, error_details_pb2.RetryInfo)
+            (info,) = details_of(refused.value, error_details_pb2.ErrorInfo)
+            assert info.reason == "SHUTTING_DOWN"
+            rest = list(stream)  # no error status: the stream ends with a final message
+            last = rest[-1]
+            assert last.finish_reason == pb.FINISH_REASON_CANCELLED and "shutting down" in last.error
+            assert last.usage.completion_tokens == sum(len(m.token_ids) for m in [first, *rest])
+            assert last.usage.completion_tokens >= grace / 0.01 / 2  # it ran through the grace
+            reply = unary.result(TIMEOUT)
+            assert reply.finish_reason == pb.FINISH_REASON_CANCELLED and "shutting down" in reply.error
+            stopping.result(TIMEOUT)
             assert wait_until(lambda: not engine.live, timeout=5)
-            assert engine.closed_early
+
+
+def test_shutdown_without_calls_in_flight_does_not_wait_for_the_grace():
+    with running_server(FakeEngine()) as (server, loop_thread):
+        started = time.monotonic()
+        loop_thread.run(server.stop(30.0))
+        assert time.monotonic() - started < 5.0

@@ -135,3 +135,22 @@ def test_console_rendering_is_readable():
     text = render(None, "info", event)
     assert "request.finished" in text and "request_id" in text and "r-1" in text
     assert not text.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("console", [False, True])
+def test_tracebacks_never_carry_frame_locals(console):
+    stream = io.StringIO()
+    configure_logging(stream=stream, console=console)
+    try:
+        def fail(prompt: str) -> None:
+            raise RuntimeError("failed")
+
+        try:
+            fail("-".join(("SECRET", "PROMPT", "41")))  # not in the source the traceback shows
+        except RuntimeError as exc:
+            structlog.get_logger("cyserve.service").error("rpc.internal_error", exc_info=exc)
+    finally:
+        structlog.reset_defaults()
+    text = stream.getvalue()
+    assert "rpc.internal_error" in text and "fail" in text  # the frames are there
+    assert "SECRET-PROMPT-41" not in text

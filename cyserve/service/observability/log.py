@@ -2,6 +2,9 @@
 lines when stderr is a terminal. Every line logged inside a traced call carries the `trace_id` and
 `span_id` of the current OpenTelemetry span (or of the caller's, when tracing is off).
 
+Tracebacks carry file, line and function of each frame but never the frames' local variables:
+those hold requests, prompts and outputs, which are not logged.
+
 Only the CLI calls configure_logging(); as a library the service logs through whatever structlog
 configuration its host set up (add_trace_context is there for hosts to reuse).
 """
@@ -35,8 +38,11 @@ def processors(console: bool) -> list[Processor]:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
-        return [*chain, structlog.dev.ConsoleRenderer()]
-    return [*chain, structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+        return [*chain, structlog.dev.ConsoleRenderer(exception_formatter=formatter)]
+    tracebacks = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+    return [*chain, tracebacks, structlog.processors.JSONRenderer()]
 
 
 def configure_logging(level: int = logging.INFO, stream: TextIO | None = None,

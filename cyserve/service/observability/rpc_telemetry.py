@@ -35,6 +35,9 @@ SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
+# The client's deadline passes before the server's (which counts from when the call arrived):
+# a call cancelled this close to the server's deadline is the client's deadline expiring.
+DEADLINE_SLACK_S = 0.25
 # Codes with which a request is "rejected" (logged as request.rejected, not request.finished).
 REJECTED_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -91,7 +94,7 @@ def status_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> g
         return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
+        expired = remaining is not None and remaining <= DEADLINE_SLACK_S
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN  # what grpc makes of an exception nobody mapped
 
