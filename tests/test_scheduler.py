@@ -45,6 +45,29 @@ def run_step(sched: Scheduler) -> dict[str, int]:
 # ---- exact cases ------------------------------------------------------------------------------
 
 
+def test_a_parked_sequence_holds_no_blocks_gets_no_steps_and_returns_in_its_place():
+    sched = make_scheduler(16)
+    a, b = make_seq(0, 6), make_seq(1, 5)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    free_before = sched.kv.allocator.num_free_blocks
+    sched.park(a)
+    assert a.status == SequenceStatus.PARKED and a.block_ids == [] and a.num_computed_tokens == 0
+    assert sched.kv.allocator.num_free_blocks > free_before and sched.num_parked == 1
+    assert set(run_step(sched)) == {"r1"}, "a parked sequence is not scheduled"
+    sched.unpark(a)
+    assert a.status == SequenceStatus.WAITING and sched.num_parked == 0
+    had = a.num_tokens
+    assert "r0" in run_step(sched)
+    assert a.num_computed_tokens == had and a.num_tokens == had + 1, "it recomputes what it had (its full blocks "\
+        "from the prefix cache), then samples"
+    sched.park(b)
+    assert sched.abort("r1") is b and b.status == SequenceStatus.FINISHED and sched.num_parked == 0
+    with pytest.raises(ValueError, match="neither running nor waiting"):
+        sched.park(b)
+
+
 def test_decodes_first_then_chunked_prefill_under_the_token_budget():
     sched = make_scheduler(64, budget=10)
     a = make_seq(0, 3)

@@ -46,6 +46,7 @@ class EngineStats:
     num_scheduled_tokens_last_step: int = 0
     num_scheduled_tokens_total: int = 0  # / num_steps = mean tokens per step
     block_size: int = 16
+    num_parked: int = 0  # requests paused because their callers are not reading their output
 
 
 class TokenizerClient(Protocol):

@@ -42,12 +42,17 @@ log = structlog.get_logger("cyserve.engine")
 
 class _Subscriber:
     """Where one request's outputs go: its event loop and queue, its text state and timings, and
-    its prompt logprobs while they accumulate over prefill chunks (None: none asked, or sent)."""
+    its prompt logprobs while they accumulate over prefill chunks (None: none asked, or sent).
+    `num_sent` (engine thread) and `num_taken` (event loop) count outputs each side has handled:
+    their difference is what the caller has not read yet; past max_unsent_outputs the sequence
+    is parked until the caller catches up."""
 
-    __slots__ = ("loop", "queue", "state", "timings", "prompt_logprobs")
+    __slots__ = ("loop", "queue", "state", "timings", "prompt_logprobs", "num_sent", "num_taken", "parked")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, state: SequenceOutputState) -> None:
         self.loop, self.queue, self.state = loop, queue, state
+        self.num_sent = self.num_taken = 0
+        self.parked = False
         self.timings = RequestTimings(arrival=time.monotonic())
         wanted = state.seq.request.sampling.prompt_logprobs is not None
         self.prompt_logprobs: PromptLogprobs | None = PromptLogprobs() if wanted else None
@@ -71,7 +76,7 @@ class Engine:
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
                                                    tokenizer.token_to_id("<|eot_id|>")) if t is not None)
         self.model_info = self._model_info()
-        self._inbox: collections.deque = collections.deque()  # ("add", seq, sub) | ("abort", id)
+        self._inbox: collections.deque = collections.deque()  # ("add", seq, sub) | ("abort" | "resume", id)
         self._wakeup = threading.Condition()
         self._subscribers: dict[str, _Subscriber] = {}
         self._arrivals = 0
@@ -128,6 +133,7 @@ class Engine:
             prefix_cache_hits=kv.prefix_cache_hits, num_steps=s.num_steps,
             num_scheduled_tokens_last_step=s.last_num_scheduled_tokens,
             num_scheduled_tokens_total=s.num_scheduled_tokens_total, block_size=a.block_size,
+            num_parked=s.num_parked,
         )
 
     # ---- the asyncio side ------------------------------------------------------------------
@@ -153,6 +159,10 @@ class Engine:
         try:
             while True:
                 out = await queue.get()
+                sub.num_taken += 1
+                if sub.parked and sub.num_sent - sub.num_taken <= self.config.max_unsent_outputs // 2:
+                    sub.parked = False
+                    self._post(("resume", req.request_id))
                 if isinstance(out, Exception):
                     finished = True
                     raise out
@@ -198,6 +208,11 @@ class Engine:
             if item[0] == "add":
                 self.scheduler.add(item[1])
                 continue
+            if item[0] == "resume":  # its caller read enough of what it had not taken
+                sub = self._subscribers.get(item[1])
+                if sub is not None:
+                    self.scheduler.unpark(sub.state.seq)
+                continue
             seq = self.scheduler.abort(item[1])
             if seq is not None:
                 self._emit(batch, seq, RequestOutput(seq.request_id, [], "", True, FinishReason.CANCELLED,
@@ -238,6 +253,9 @@ class Engine:
             if output.finished:
                 self.scheduler.finish(seq)
             self._emit(batch, seq, output)
+            if not output.finished and sub.num_sent - sub.num_taken >= self.config.max_unsent_outputs:
+                self.scheduler.park(seq)  # nobody reads: no compute, no blocks, until they do
+                sub.parked = True
 
     def _add_prompt_logprobs(self, scheduled: list, result: RunnerOutput) -> None:
         """Append the rows the runner scored to each request's prompt logprobs."""
@@ -273,9 +291,9 @@ class Engine:
                         sub.timings.num_cached_prompt_tokens = seq.num_cached_tokens
 
     def _fail_all(self, exc: Exception, batch: dict) -> None:
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self.scheduler.finish(seq)
-            self._emit(batch, seq, exc)
+        for sub in list(self._subscribers.values()):  # running, waiting and parked alike
+            self.scheduler.finish(sub.state.seq)
+            self._emit(batch, sub.state.seq, exc)
 
     def _emit(self, batch: dict, seq: Sequence, item) -> None:
         sub = self._subscribers.get(seq.request_id)
@@ -286,6 +304,7 @@ class Engine:
             if not isinstance(item, Exception):
                 sub.timings.finished = time.monotonic()
                 item.timings = sub.timings
+        sub.num_sent += 1
         batch[sub.loop].append((sub.queue, item))
 
     @staticmethod

@@ -38,6 +38,10 @@ class EngineConfig:
     device: str = setting(
         "auto", "where the model runs: cuda needs a GPU, torch with CUDA and the built extension (docs/cuda.md); "
         "auto takes cuda when all are there", "CYSERVE_DEVICE", choices=DEVICES)
+    max_unsent_outputs: int = setting(
+        64, "most outputs a request may have generated that its caller has not read; past that it is "
+        "paused, its KV blocks freed, until the caller catches up (slow readers cost no compute or memory)",
+        "CYSERVE_MAX_UNSENT_OUTPUTS", int, metavar="N", minimum=2)
     # On a GPU: the share of the device's memory that may be in use (by anyone) once the KV cache
     # is allocated, as vLLM's --gpu-memory-utilization; ignored when kv_cache_bytes is set.
     gpu_memory_utilization: float = setting(

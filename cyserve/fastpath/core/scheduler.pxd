@@ -19,6 +19,7 @@ cdef class Scheduler:
     cdef readonly list running          # the same order; preemption takes from the end
     cdef dict _by_id
     cdef readonly long num_preemptions
+    cdef readonly int num_parked        # sequences taken out by park() until unpark()
     cdef readonly long num_steps
     cdef readonly long num_scheduled_tokens_total
     cdef readonly int last_num_scheduled_tokens

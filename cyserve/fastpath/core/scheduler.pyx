@@ -25,6 +25,7 @@ from cyserve.fastpath.core.sequence import SequenceStatus
 cdef int WAITING = SequenceStatus.WAITING
 cdef int RUNNING = SequenceStatus.RUNNING
 cdef int FINISHED = SequenceStatus.FINISHED
+cdef int PARKED = SequenceStatus.PARKED
 
 # A request with prompt logprobs gets logits for every prompt row (f32[rows, vocab]: 25 MB per 128
 # rows at a 49,152-token vocabulary), so its prefill chunks are capped at this many tokens: the
@@ -255,6 +256,8 @@ cdef class Scheduler:
             del self.running[self._index(self.running, seq)]
         elif seq.status_code == WAITING:
             del self.waiting[self._index(self.waiting, seq)]
+        elif seq.status_code == PARKED:
+            self.num_parked -= 1
         else:
             return 0
         seq.num_scheduled_tokens = 0
@@ -269,6 +272,30 @@ cdef class Scheduler:
         if seq is not None:
             self.finish(seq)
         return seq
+
+    def park(self, Sequence seq not None) -> None:
+        """Take a running or waiting sequence out of scheduling until unpark(): its caller is not
+        reading, so it gets no compute, and its blocks are freed (the full ones stay in the prefix
+        cache, so the recompute on return is mostly cache hits). Between steps only."""
+        if seq.status_code == RUNNING:
+            del self.running[self._index(self.running, seq)]
+        elif seq.status_code == WAITING:
+            del self.waiting[self._index(self.waiting, seq)]
+        else:
+            raise ValueError(f"{seq!r} is neither running nor waiting")
+        seq.num_scheduled_tokens = 0
+        self.kv.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status_code = PARKED
+        self.num_parked += 1
+
+    def unpark(self, Sequence seq not None) -> None:
+        """A parked sequence waits again, in its place by urgency; anything else is left alone."""
+        if seq.status_code != PARKED:
+            return
+        self.num_parked -= 1
+        seq.status_code = WAITING
+        self._insert(self.waiting, seq)
 
     def preempt(self, Sequence seq not None) -> None:
         """Send a running sequence back to waiting, freeing its blocks (as the scheduler does when

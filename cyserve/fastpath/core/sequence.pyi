@@ -7,6 +7,7 @@ class SequenceStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
     FINISHED = 2
+    PARKED = 3
 
 @final
 class Sequence:

@@ -15,6 +15,7 @@ class SequenceStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
     FINISHED = 2
+    PARKED = 3  # out of scheduling until its caller reads (Scheduler.park)
 
 
 cdef class Sequence:
