@@ -232,6 +232,8 @@ class EngineStatsCollector(Collector):
              "Requests in the running batch.", stats.num_running),
             (GaugeMetricFamily, "cyserve_requests_waiting", "cyserve:num_requests_waiting",
              "Requests waiting to be scheduled.", stats.num_waiting),
+            (GaugeMetricFamily, "cyserve_requests_parked", "cyserve:num_requests_parked",
+             "Requests paused because their callers are not reading their output.", stats.num_parked),
             (GaugeMetricFamily, "cyserve_kv_cache_usage_ratio", "cyserve:kv_cache_usage_perc",
              "Fraction of KV cache blocks in use (0..1).", usage),
             (CounterMetricFamily, "cyserve_prefix_cache_queries", "cyserve:prefix_cache_queries",
