@@ -3,6 +3,7 @@ no token asked, the main port's statuses while loading, serving and draining), a
 HTTPS with the gRPC port's certificate (fake engine: no model)."""
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -107,7 +108,6 @@ def test_metrics_are_https_with_the_grpc_certificate_when_tls_is_on(tmp_path):
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             _scrape(f"http://127.0.0.1:{server.metrics_port}/metrics")  # no plaintext fallback
         # A silent connection does not stall the listener: the next scrape is served.
-        import socket
         with socket.create_connection(("127.0.0.1", server.metrics_port)):
             assert "cyserve_requests_running" in _scrape(f"https://localhost:{server.metrics_port}/metrics",
                                                          trusted)
