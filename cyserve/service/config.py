@@ -63,8 +63,13 @@ class ServerConfig(ServiceLimits, EngineConfig):
     grace_s: float = setting(10.0, "time in-flight calls get on shutdown (SIGTERM, SIGINT)", "CYSERVE_GRACE_S",
                              float, flag="--grace", metavar="SECONDS", minimum=0)
     metrics_port: int = setting(
-        DEFAULT_METRICS_PORT, "Prometheus metrics at http://HOST:PORT/metrics; 0 turns them off",
+        DEFAULT_METRICS_PORT, "Prometheus metrics at http://HOST:PORT/metrics (https with the gRPC port's "
+        "certificate, and client CA, when TLS is on); 0 turns them off",
         "CYSERVE_METRICS_PORT", int, metavar="PORT", minimum=0, maximum=65535)
+    health_port: int = setting(
+        0, "plaintext port on the same host serving grpc.health.v1 only (no token asked): for probes "
+        "that cannot speak TLS, such as Kubernetes grpc probes; 0 = none", "CYSERVE_HEALTH_PORT", int,
+        metavar="PORT", default_text="0: none", minimum=0, maximum=65535)
     trace_content: bool = setting(
         False, "record prompt and output text in trace spans (tracing itself is set up by the standard "
         "OTEL_* variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT)", "CYSERVE_TRACE_CONTENT", parse_bool,
@@ -120,6 +125,8 @@ class ServerConfig(ServiceLimits, EngineConfig):
     def check(self) -> None:
         """Raise ValueError on values no server could use."""
         check_settings(self)
+        if self.health_port and self.health_port in (self.port, self.metrics_port):
+            raise ValueError(f"health_port {self.health_port} is already the gRPC or the metrics port")
 
 
 # setting name -> (environment variable, parser), for tools that read the variables themselves

@@ -1,5 +1,6 @@
 """The grpc.aio server: the Generation service plus grpc.health.v1 and server reflection, its
-telemetry (spans, the Prometheus endpoint on a port of its own), and `serve()`, which runs one
+telemetry (spans, the Prometheus endpoint on a port of its own), an optional plaintext port that
+serves grpc.health.v1 alone (for probes that cannot speak TLS), and `serve()`, which runs one
 until SIGTERM/SIGINT and shuts it down gracefully.
 
 The port is bound before the model loads: until then health says NOT_SERVING and every Generation
@@ -28,6 +29,7 @@ from cyserve.service.limits import ServiceLimits, grpc_options
 from cyserve.service.observability.metrics import MetricsHTTPServer, ServiceMetrics
 from cyserve.service.readiness import ReadinessInterceptor
 from cyserve.service.servicer import GenerationServicer
+from cyserve.service.tls import TLSFiles, metrics_ssl_context
 from cyserve.service.observability.telemetry import Telemetry
 from cyserve.service.observability.tracing import configure_tracing
 from cyserve.v1 import generation_pb2 as pb
@@ -44,6 +46,10 @@ SERVER_OPTIONS = [
 NUM_CPU_WORKERS = 2  # threads for chat rendering and tokenizing
 FINAL_MESSAGE_S = 2.0  # after the grace period: time for the last messages to be sent
 DRAIN_POLL_S = 0.05
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _until(done: Callable[[], bool], timeout: float) -> None:
@@ -65,14 +71,20 @@ class Server:
                  tracer_provider: Any | None = None, metrics_port: int | None = None,
                  trace_content: bool = False, limits: ServiceLimits | None = None,
                  credentials: grpc.ServerCredentials | None = None,
-                 auth_token: str | None = None) -> None:
+                 auth_token: str | None = None, health_port: int | None = None,
+                 metrics_tls: TLSFiles | None = None) -> None:
         """`tracer_provider` None = no spans; `metrics_port` None = no metrics, 0 = any free
         port (the bound one is in `metrics_port` once started); `trace_content` puts prompt and
-        output text in spans."""
+        output text in spans. `health_port` (None = none, 0 = any free port) is a plaintext port
+        on the same host serving only grpc.health.v1, with the main port's statuses and no
+        token asked for; `metrics_tls` serves the metrics over HTTPS with those files."""
         self.engine = engine
         self.host = host
         self.port = port  # the bound port once started
         self.metrics_port = metrics_port
+        self.health_port = health_port  # the bound port once started
+        self._metrics_tls = metrics_tls
+        self._health_server: grpc.aio.Server | None = None
         self.telemetry = Telemetry(tracer_provider, None, trace_content,
                                    _model_name(engine) if engine is not None else "")
         self._metrics_http: MetricsHTTPServer | None = None
@@ -87,8 +99,11 @@ class Server:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _join(self.host, self.port)
+
+    @property
+    def health_address(self) -> str | None:
+        return None if self.health_port is None else _join(self.host, self.health_port)
 
     async def start(self) -> int:
         """Bind and start; returns the bound port. SERVING at once when the server has its engine,
@@ -128,9 +143,29 @@ class Server:
         self.port = port
         self._server = server
         await server.start()
+        await self._start_health_port()
         if self.engine is not None:
             await self.attach(self.engine)
         return port
+
+    async def _start_health_port(self) -> None:
+        """The plaintext probe port: grpc.health.v1 and nothing else (no Generation, no
+        reflection, no interceptors: the kubelet sends no token). It shares the main port's
+        HealthServicer, so it says NOT_SERVING while loading and draining, as that one does."""
+        if self.health_port is None:
+            return
+        server = grpc.aio.server(options=SERVER_OPTIONS + grpc_options(self.limits))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = _join(self.host, self.health_port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServeError(f"cannot listen on {address} (health port): {exc}") from exc
+        if port == 0:
+            raise ServeError(f"cannot listen on {address} (health port)")
+        self.health_port = port
+        self._health_server = server
+        await server.start()
 
     async def load(self, loader: Callable[[], EngineClient]) -> EngineClient:
         """Run `loader` (returns a started engine; may block for long) in a worker thread, then
@@ -173,6 +208,8 @@ class Server:
             await _until(lambda: servicer.num_active == 0, FINAL_MESSAGE_S)
         if self._server is not None:
             await self._server.stop(FINAL_MESSAGE_S if grace else 0)  # cancels what is left
+        if self._health_server is not None:  # probes saw NOT_SERVING for the whole drain
+            await self._health_server.stop(0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._stop_metrics()
@@ -182,11 +219,16 @@ class Server:
             return
         metrics = ServiceMetrics(self.telemetry.model_name, self.engine.model_info.max_model_len, self.engine)
         try:
-            self._metrics_http = MetricsHTTPServer(metrics.registry, self.host, self.metrics_port)
-        except OSError as exc:
+            context = metrics_ssl_context(self._metrics_tls) if self._metrics_tls is not None else None
+            self._metrics_http = MetricsHTTPServer(metrics.registry, self.host, self.metrics_port, context)
+        except (OSError, ValueError) as exc:
             raise ServeError(f"cannot serve metrics on port {self.metrics_port}: {exc}") from exc
         self.metrics_port = self._metrics_http.port
         self.telemetry.metrics = metrics
+
+    @property
+    def metrics_scheme(self) -> str:
+        return "https" if self._metrics_tls is not None else "http"
 
     def _stop_metrics(self) -> None:
         if self._metrics_http is not None:
@@ -218,14 +260,14 @@ async def serve(config: ServerConfig) -> None:
     server = Server(
         None, config.host, config.port, tracer_provider=tracer_provider,
         metrics_port=config.metrics_port or None, trace_content=config.trace_content,
-        **_api_security(config),
+        health_port=config.health_port or None, **_api_security(config),
     )
     with _SignalWaiter(signal.SIGTERM, signal.SIGINT) as signals:
         loading: asyncio.Future | None = None
         try:
             await server.start()
             log.info("server.loading", address=server.address, port=server.port,
-                     model_path=engine_config.model_path)
+                     health_port=server.health_port, model_path=engine_config.model_path)
             loading = asyncio.ensure_future(server.load(load_engine))
             await asyncio.wait([loading, signals.first], return_when=asyncio.FIRST_COMPLETED)
             if loading.done():
@@ -254,6 +296,8 @@ def _log_started(server: Server, engine: EngineClient, model_path: str, tracer_p
         model_path=model_path,
         quantization=info.quantization,
         metrics_port=server.metrics_port,
+        metrics_scheme=server.metrics_scheme,
+        health_port=server.health_port,
         tracing="on" if tracer_provider is not None else "off",
         **_engine_stats(engine),
     )
@@ -285,7 +329,8 @@ class _SignalWaiter:
 
 
 def _api_security(config: ServerConfig) -> dict[str, Any]:
-    """Server kwargs for the limits, TLS and auth of `config`. Raises ServeError when unusable."""
+    """Server kwargs for the limits, TLS (gRPC and metrics ports) and auth of `config`. Raises
+    ServeError when unusable."""
     from cyserve.service.auth import load_token
     from cyserve.service.tls import server_credentials
 
@@ -295,12 +340,12 @@ def _api_security(config: ServerConfig) -> dict[str, Any]:
             raise ValueError("--tls-cert and --tls-key go together")
         if config.tls_client_ca and not config.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-        credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-                       if config.tls_cert else None)
+        files = TLSFiles(config.tls_cert, config.tls_key, config.tls_client_ca) if config.tls_cert else None
+        credentials = server_credentials(files.cert, files.key, files.client_ca) if files else None
         token = load_token(config.auth_token_file)
     except ValueError as exc:
         raise ServeError(str(exc)) from exc
-    return {"limits": limits, "credentials": credentials, "auth_token": token}
+    return {"limits": limits, "credentials": credentials, "auth_token": token, "metrics_tls": files}
 
 
 def _engine_stats(engine: EngineClient) -> dict[str, Any]:

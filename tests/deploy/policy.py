@@ -92,10 +92,16 @@ def native_sidecar(pod: Pod) -> list[str]:
 
 def grpc_probes(pod: Pod) -> list[str]:
     """Startup, readiness and liveness probes, each a `grpc:` check of the server's own health
-    service on its port; readiness and startup ask for the Generation service by name."""
+    service on its port, or on its plaintext health-only port when it has one; readiness and
+    startup ask for the Generation service by name. The kubelet's grpc probes speak no TLS, so a
+    server with TLS on must have that health port."""
     problems = []
     for c in pod.servers():
-        port = server_config(pod, c).port
+        config = server_config(pod, c)
+        if config.tls_cert and not config.health_port:
+            problems.append(f"{_where(pod, c)}: TLS on and no CYSERVE_HEALTH_PORT: plaintext grpc probes "
+                            "cannot pass on a TLS port")
+        port = config.health_port or config.port
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             check = c.get(kind, {}).get("grpc")
             if check is None:
@@ -103,7 +109,7 @@ def grpc_probes(pod: Pod) -> list[str]:
                 continue
             service = check.get("service", "")
             if check.get("port") != port:
-                problems.append(f"{_where(pod, c)}: {kind} port {check.get('port')} != server port {port}")
+                problems.append(f"{_where(pod, c)}: {kind} port {check.get('port')} != server's probe port {port}")
             if service not in health_services():
                 problems.append(f"{_where(pod, c)}: {kind} asks for {service!r}, not a health service")
             if kind != "livenessProbe" and service != generation_service():

@@ -93,3 +93,14 @@ def test_every_setting_has_one_flag_and_one_variable():
     assert all(getattr(serve_help, f.name) is None for f, _ in specs), "an unset flag must leave the env to decide"
     flags = [flag_of(f.name, spec) for f, spec in specs]
     assert len(set(flags)) == len(flags)
+
+
+def test_health_port_is_off_by_default_and_must_be_a_port_of_its_own():
+    assert ServerConfig().health_port == 0
+    assert ServerConfig.from_env({"CYSERVE_HEALTH_PORT": "50052"}).health_port == 50052
+    assert ServerConfig.from_env({}, health_port=8081).health_port == 8081
+    for clash in ({"CYSERVE_HEALTH_PORT": "50051"}, {"CYSERVE_HEALTH_PORT": "9464"}):
+        with pytest.raises(ValueError, match="health_port"):
+            ServerConfig.from_env(clash)
+    with pytest.raises(ValueError, match="health_port must be in 0..65535"):
+        ServerConfig.from_env({"CYSERVE_HEALTH_PORT": "70000"})

@@ -1,4 +1,5 @@
-"""Prometheus metrics: what one server exposes at `http://HOST:METRICS_PORT/metrics`.
+"""Prometheus metrics: what one server exposes at `http://HOST:METRICS_PORT/metrics` (https, with
+the gRPC port's certificate, when the server runs TLS).
 
 Three families of names, each for a different reader:
 
@@ -17,9 +18,14 @@ metrics work at all.
 """
 from __future__ import annotations
 
+import socket
+import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
 from prometheus_client import (
@@ -28,7 +34,7 @@ from prometheus_client import (
     GCCollector,
     Histogram,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,6 +43,7 @@ from cyserve.fastpath.contract import EngineClient
 
 log = structlog.get_logger("cyserve.service")
 
+METRICS_SOCKET_TIMEOUT_S = 10.0  # a scrape connection that stays silent longer is dropped
 PROVIDER_NAME = "cyserve"  # gen_ai.provider.name
 
 # vLLM's buckets (vllm/v1/metrics/loggers.py), so its dashboards' quantiles line up.
@@ -253,14 +260,49 @@ class EngineStatsCollector(Collector):
                 yield metric
 
 
-class MetricsHTTPServer:
-    """prometheus_client's HTTP server on its own daemon thread; serves `/metrics`."""
+class _QuietHandler(WSGIRequestHandler):
+    timeout = METRICS_SOCKET_TIMEOUT_S  # a stalled client holds its own thread, never the listener
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
+        pass
+
+
+class _MetricsWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake runs in the connection's own thread, on its first read and under the
+            # handler's timeout: a client that connects and stays silent cannot stall the accept
+            # loop (wrapping the listening socket would handshake inside accept()).
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A failed handshake (a plaintext client, no client certificate) or a dropped connection:
+        # the client's problem, not a traceback on stderr.
+        log.debug("metrics.connection_failed", client=str(client_address[0]))
+
+
+class MetricsHTTPServer:
+    """The `/metrics` HTTP server (HTTPS with `ssl_context`) on its own daemon thread, one thread
+    per connection."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         """Bind and start serving; port 0 picks a free one. Raises OSError when it cannot bind."""
         addr = host.strip("[]")
-        self._httpd, self._thread = start_http_server(port, addr=addr, registry=registry)
+        family = socket.getaddrinfo(addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("MetricsServer", (_MetricsWSGIServer,), {"address_family": family})
+        self._httpd = server_class((addr, port), _QuietHandler)
+        self._httpd.ssl_context = ssl_context
+        self._httpd.set_app(make_wsgi_app(registry))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="cyserve-metrics", daemon=True)
+        self._thread.start()
         self.port: int = self._httpd.server_port
+        self.tls = ssl_context is not None
 
     def close(self) -> None:
         self._httpd.shutdown()
