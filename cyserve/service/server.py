@@ -130,17 +130,7 @@ class Server:
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        address = self.address
-        try:
-            if self._credentials is not None:
-                port = server.add_secure_port(address, self._credentials)
-            else:
-                port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ServeError(f"cannot listen on {address}: {exc}") from exc
-        if port == 0:
-            raise ServeError(f"cannot listen on {address}")
-        self.port = port
+        self.port = port = _bind(server, self.address, self._credentials)
         self._server = server
         await server.start()
         await self._start_health_port()
@@ -156,14 +146,7 @@ class Server:
             return
         server = grpc.aio.server(options=SERVER_OPTIONS + grpc_options(self.limits))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        address = _join(self.host, self.health_port)
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise ServeError(f"cannot listen on {address} (health port): {exc}") from exc
-        if port == 0:
-            raise ServeError(f"cannot listen on {address} (health port)")
-        self.health_port = port
+        self.health_port = _bind(server, _join(self.host, self.health_port), None, " (health port)")
         self._health_server = server
         await server.start()
 
@@ -346,6 +329,18 @@ def _api_security(config: ServerConfig) -> dict[str, Any]:
     except ValueError as exc:
         raise ServeError(str(exc)) from exc
     return {"limits": limits, "credentials": credentials, "auth_token": token, "metrics_tls": files}
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, what: str = "") -> int:
+    """Listen on `address` (TLS with credentials); the bound port, or ServeError naming it."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise ServeError(f"cannot listen on {address}{what}: {exc}") from exc
+    if port == 0:
+        raise ServeError(f"cannot listen on {address}{what}")
+    return port
 
 
 def _engine_stats(engine: EngineClient) -> dict[str, Any]:
