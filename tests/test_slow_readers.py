@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 from server_support import serving, wait_until
+from telemetry.test_logging import logged  # noqa: F401  (the fixture)
 
 from cyserve.fastpath.core.request import EngineRequest, SamplingParams, StoppingParams
 from cyserve.fastpath.engine import Engine
@@ -94,3 +95,23 @@ def test_a_client_that_stops_reading_stops_the_generation(patient):
             assert received == 1200
     stats = patient.stats()
     assert stats.num_parked == 0 and stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_usage_in_the_log_counts_what_was_generated_not_what_was_read(patient, logged):  # noqa: F811
+    steps_before = patient.stats().num_steps
+    with serving(patient) as server:
+        with grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            call = pb_grpc.GenerationStub(channel).GenerateStream(pb.GenerateRequest(
+                prompt=PROMPT, request_id="left-early", sampling=pb.SamplingParams(temperature=0),
+                stopping=pb.StoppingCriteria(max_tokens=1200, ignore_eos=True),
+                output=pb.OutputOptions(logprobs=20)), timeout=120)
+            received = len(next(call).token_ids)
+            assert wait_until(lambda: patient.stats().num_parked == 1, timeout=60)
+            generated = patient.stats().num_steps - steps_before  # alone, one token per step
+            call.cancel()
+            assert wait_until(lambda: "request.finished" in logged.events("left-early"))
+    finished = logged.events("left-early")["request.finished"]
+    assert finished["status"] == "CANCELLED"
+    assert received < generated
+    assert finished["completion_tokens"] == generated
+    assert wait_until(lambda: patient.stats().num_running == 0 and patient.stats().num_parked == 0)

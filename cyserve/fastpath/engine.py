@@ -305,6 +305,7 @@ class Engine:
                 sub.timings.finished = time.monotonic()
                 item.timings = sub.timings
         sub.num_sent += 1
+        seq.request.generated.count = seq.num_output_tokens
         batch[sub.loop].append((sub.queue, item))
 
     @staticmethod

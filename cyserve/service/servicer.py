@@ -21,7 +21,7 @@ import grpc
 import structlog
 
 from cyserve.fastpath.contract import EngineClient, ModelInfo, TokenizerClient
-from cyserve.fastpath.core.request import EngineRequest, RequestOutput
+from cyserve.fastpath.core.request import EngineRequest, GeneratedTokens, RequestOutput
 from cyserve.service.chat_template import (
     ChatTemplate,
     ChatTemplateError,
@@ -299,6 +299,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             prompt_index,
         )
         failure: BaseException | None = None
+        generated = GeneratedTokens()
         try:
             progress.num_prompt_tokens = len(prompt_token_ids)
             engine_request = EngineRequest(
@@ -308,6 +309,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 stopping=stopping_params(request.stopping),
                 priority=request.priority,
                 cache_salt=request.cache_salt or None,
+                generated=generated,
             )
             progress.params = resolved_params(engine_request, request.output)
             deadline = (progress.started + request.stopping.max_time_s
@@ -341,6 +343,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             failure = exc
             raise
         finally:
+            # what the engine generated, read or not: a caller that left early still used it
+            progress.num_completion_tokens = max(progress.num_completion_tokens, generated.count)
             finish_reason = progress.finish_reason
             telemetry.finished(
                 progress.summary(),

@@ -58,6 +58,14 @@ class StoppingParams:
 
 
 @dataclass
+class GeneratedTokens:
+    """How many tokens the engine has generated for one request, updated by the engine as it
+    emits them: a caller that leaves before reading all of them still counts them in its usage."""
+
+    count: int = 0
+
+
+@dataclass
 class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
@@ -65,6 +73,7 @@ class EngineRequest:
     stopping: StoppingParams = field(default_factory=StoppingParams)
     priority: int = 0  # higher is scheduled first (and preempted last); FCFS within a priority
     cache_salt: str | None = None  # prefix-cache namespace: only requests with the same salt share K/V
+    generated: GeneratedTokens = field(default_factory=GeneratedTokens, compare=False, repr=False)
 
 
 @dataclass
