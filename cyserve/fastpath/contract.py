@@ -29,6 +29,8 @@ class ModelInfo:
     bos_token_id: int  # -1 when the vocabulary has none
     eos_token_id: int
     chat_template: str  # "" when the model has none
+    head_dim: int = 0
+    tensor_types: tuple[tuple[str, int], ...] = ()  # (GGML type name, number of tensors), most first
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ class Engine:
             hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
             quantization=cfg.file_type, bos_token_id=_id_or_none(self.tokenizer.bos_token_id),
             eos_token_id=_id_or_none(self.tokenizer.eos_token_id), chat_template=self.model.chat_template,
+            head_dim=cfg.head_dim, tensor_types=cfg.tensor_types,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------

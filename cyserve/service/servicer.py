@@ -464,6 +464,8 @@ def model_info_message(info: ModelInfo) -> pb.ModelInfo:
         num_heads=info.num_heads,
         num_kv_heads=info.num_kv_heads,
         chat_template=info.chat_template or "",
+        head_dim=info.head_dim,
+        tensor_types=dict(info.tensor_types),
     )
     if info.bos_token_id >= 0:
         message.bos_token_id = info.bos_token_id

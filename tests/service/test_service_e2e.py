@@ -2,8 +2,10 @@
 the default model (SmolLM2-135M-Instruct Q4_1)."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 
+import gguf
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,7 +105,10 @@ def test_model_info(stub, engine):
     assert (info.vocab_size, info.context_length) == (49152, 8192)
     assert 0 < info.max_model_len == engine.model_info.max_model_len <= 8192
     assert (info.num_layers, info.hidden_size, info.num_heads, info.num_kv_heads) == (30, 576, 9, 3)
-    assert "Q4_1" in info.quantization
+    assert "Q4_1" in info.quantization and info.head_dim == 64
+    reader = gguf.GGUFReader(engine.model_info.path)
+    kinds = collections.Counter(t.tensor_type.name for t in reader.tensors)
+    assert dict(info.tensor_types) == dict(kinds) and info.tensor_types["Q4_1"] > 0
     assert (info.bos_token_id, info.eos_token_id) == (1, 2)
     assert "<|im_start|>" in info.chat_template
 

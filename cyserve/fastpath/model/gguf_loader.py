@@ -79,6 +79,13 @@ def _dominant_type(tensors: dict) -> str:
     return max(counts, key=counts.get) if counts else "F32"
 
 
+def _tensor_types(tensors: dict) -> tuple[tuple[str, int], ...]:
+    counts: dict[str, int] = {}
+    for t in tensors.values():
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _config(reader, path: str, tensors: dict) -> ModelConfig:
     arch = str(_field(reader, "general.architecture", path))
     architecture(arch, path)  # refuses an unknown one before its keys are read
@@ -107,6 +114,7 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         rope_theta=float(_field(reader, f"{arch}.rope.freq_base", path, default=10000.0)),
         rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, default=1e-5)),
         file_type=_dominant_type(tensors),
+        tensor_types=_tensor_types(tensors),
     )
 
 

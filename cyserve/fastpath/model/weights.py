@@ -48,6 +48,7 @@ class ModelConfig:
     rope_theta: float
     rms_norm_eps: float
     file_type: str  # the dominant weight type, e.g. "Q4_1"
+    tensor_types: tuple[tuple[str, int], ...] = ()  # (GGML type name, number of tensors), most first
 
 
 @dataclass(frozen=True)
