@@ -146,8 +146,7 @@ def _describe_rpc_error(exc: Any, address: str) -> str:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    import gguf
-
+    from cyserve.fastpath.model.gguf_file import GGUFFile
     from cyserve.fastpath.tokenizer import Tokenizer
 
     text = _text_arg(args.text)
@@ -156,7 +155,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             raise ModelLoadError(path, "no such file")
         try:
-            tokenizer = Tokenizer.from_gguf(gguf.GGUFReader(path, "r"))
+            tokenizer = Tokenizer.from_gguf(GGUFFile(path))
         except Exception as exc:  # the reader fails in many ways on a corrupt file
             raise ModelLoadError(path, f"no usable tokenizer ({type(exc).__name__}: {exc})") from exc
     except ModelLoadError as exc:

@@ -12,28 +12,24 @@ import numpy as np
 
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.fastpath.model.architecture import Architecture, architecture
+from cyserve.fastpath.model.gguf_file import GGUFFile, GGUFFormatError
 from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
 
 
-def _open_reader(path: str):
-    from gguf import GGUFReader
-
+def _open_reader(path: str) -> GGUFFile:
     if not os.path.exists(path):
         raise ModelLoadError(path, "no such file")
     if not os.path.isfile(path):
         raise ModelLoadError(path, "not a regular file")
     try:
-        return GGUFReader(path, "r")
+        return GGUFFile(path)
     except PermissionError as exc:
         raise ModelLoadError(path, f"not readable ({exc.strerror})") from exc
-    except ValueError as exc:
+    except GGUFFormatError as exc:
         if "magic" in str(exc):
             raise ModelLoadError(path, "not a GGUF file (bad magic number)") from exc
         size = os.path.getsize(path)
         raise ModelLoadError(path, f"truncated or corrupt GGUF ({size} bytes): {exc}") from exc
-    except Exception as exc:  # the reader indexes past the end of a cut-off header
-        size = os.path.getsize(path)
-        raise ModelLoadError(path, f"truncated or corrupt GGUF ({size} bytes): {exc!r}") from exc
 
 
 def _field(reader, key: str, path: str, default=None):
@@ -92,7 +88,7 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
     hidden = int(_field(reader, f"{arch}.embedding_length", path))
     heads = int(_field(reader, f"{arch}.attention.head_count", path))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = int(_field(reader, f"{arch}.vocab_size", path, default=len(tokens.data) if tokens else -1))
+    vocab = int(_field(reader, f"{arch}.vocab_size", path, default=len(tokens.contents()) if tokens else -1))
     if vocab <= 0:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
     head_dim = int(_field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads))
