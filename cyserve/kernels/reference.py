@@ -12,12 +12,8 @@ Arithmetic is done in float64 and rounded to float32 once at the end, so the com
 compared against the exact answer, not against another rounding order. The fp16 KV cache is
 passed as ``uint16`` views, exactly as the compiled kernels take it.
 
-GGML block formats (32 weights per block, all little-endian):
-  Q4_0 = {f16 d; u8 qs[16]}          w = (q - 8) * d   low nibbles -> elements 0..15, high -> 16..31
-  Q4_1 = {f16 d; f16 m; u8 qs[16]}   w = q * d + m
-  Q8_0 = {f16 d; i8 qs[32]}          w = q * d
-
-For those three formats ``matmul`` follows the compiled kernel's integer algorithm: x is quantized
+The GGML block formats, their quantizers and decoders are in ``reference_quants`` (re-exported
+here). For the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) ``matmul`` follows the compiled kernel's integer algorithm: x is quantized
 to int8 blocks of 32 (``quantize_activations``) and each weight block meets each x block in an
 exact integer dot product. ``matmul_dequantized`` is the plain dequantize-then-multiply product,
 the number both approximate.
@@ -26,61 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# GGML type ids, as in gguf.GGMLQuantizationType.
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
-
-# wtype -> (elements per block, bytes per block)
-BLOCK_LAYOUT: dict[int, tuple[int, int]] = {
-    F32: (1, 4),
-    F16: (1, 2),
-    BF16: (1, 2),
-    Q4_0: (32, 18),
-    Q4_1: (32, 20),
-    Q8_0: (32, 34),
-}
-
-
-def row_bytes(wtype: int, K: int) -> int:
-    """Bytes of one weight row of K elements in format ``wtype``."""
-    if wtype not in BLOCK_LAYOUT:
-        raise ValueError(f"unsupported wtype {wtype}; use one of {sorted(BLOCK_LAYOUT)}")
-    block, size = BLOCK_LAYOUT[wtype]
-    if K <= 0 or K % block:
-        raise ValueError(f"K={K} must be a positive multiple of {block} for wtype {wtype}")
-    return K // block * size
-
-
-def _f16(u8: np.ndarray) -> np.ndarray:
-    """Reinterpret the trailing 2 bytes of a uint8 array as one float16 (keeps leading dims)."""
-    return np.ascontiguousarray(u8).view(np.float16)[..., 0].astype(np.float32)
-
-
-def dequantize(w: np.ndarray, wtype: int, K: int) -> np.ndarray:
-    """f32[N, K] from the raw rows u8[N, row_bytes(wtype, K)]."""
-    w = np.asarray(w, dtype=np.uint8)
-    rb = row_bytes(wtype, K)
-    if w.ndim != 2 or w.shape[1] != rb:
-        raise ValueError(f"w must be uint8[N, {rb}] for wtype {wtype}, K={K}; got {w.shape}")
-    N = w.shape[0]
-    if wtype == F32:
-        return np.ascontiguousarray(w).view(np.float32).reshape(N, K).copy()
-    if wtype == F16:
-        return np.ascontiguousarray(w).view(np.float16).reshape(N, K).astype(np.float32)
-    if wtype == BF16:
-        bits = np.ascontiguousarray(w).view(np.uint16).reshape(N, K).astype(np.uint32) << 16
-        return bits.view(np.float32)
-    _, size = BLOCK_LAYOUT[wtype]
-    blocks = w.reshape(N, K // 32, size)
-    d = _f16(blocks[..., 0:2])[..., None]                    # [N, nb, 1]
-    if wtype == Q8_0:
-        q = blocks[..., 2:34].view(np.int8).astype(np.float32)  # [N, nb, 32]
-        return (q * d).reshape(N, K)
-    qs = blocks[..., size - 16:]                              # [N, nb, 16]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
-    if wtype == Q4_0:
-        return ((q - 8.0) * d).reshape(N, K)
-    m = _f16(blocks[..., 2:4])[..., None]
-    return (q * d + m).reshape(N, K)
+from cyserve.kernels.reference_kquants import matmul_q8k, quantize_activations_q8k  # noqa: F401
+from cyserve.kernels.reference_quants import (  # noqa: F401  (re-exported: one import for tests)
+    BF16, BLOCK32_QUANTS, BLOCK_LAYOUT, F16, F32, K_QUANTS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0,
+    Q5_1, Q5_K, Q6_K, Q8_0, QK_K, _f16, dequantize, quantize, row_bytes, unsigned_block32,
+)
 
 
 def _write(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -115,24 +61,30 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def weight_blocks(w: np.ndarray, wtype: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_0/Q4_1/Q8_0 rows as (q i32[N, nb, 32], d f32[N, nb], m f32[N, nb]) with w = q * d + m.
+    """32-element block rows as (q i32[N, nb, 32], d f32[N, nb], m f32[N, nb]) with w = q * d + m.
 
-    Q4 q are the raw nibbles 0..15 (Q4_0's -8 offset becomes m = -8 d); Q8_0 q are signed, m = 0.
+    Q4/Q5 q are the raw unsigned codes (0..15 / 0..31; Q4_0's -8 and Q5_0's -16 offsets become
+    m = -8 d and m = -16 d); Q8_0 q are signed, m = 0.
     """
-    if wtype not in (Q4_0, Q4_1, Q8_0):
-        raise ValueError(f"wtype {wtype} has no integer blocks; use Q4_0, Q4_1 or Q8_0")
+    if wtype not in BLOCK32_QUANTS:
+        raise ValueError(f"wtype {wtype} has no 32-element integer blocks; use Q4_0, Q4_1, Q5_0, "
+                         f"Q5_1 or Q8_0")
     w = np.asarray(w, dtype=np.uint8)
     rb = row_bytes(wtype, K)
     if w.ndim != 2 or w.shape[1] != rb:
         raise ValueError(f"w must be uint8[N, {rb}] for wtype {wtype}, K={K}; got {w.shape}")
+    N, nb = w.shape[0], K // 32
     _, size = BLOCK_LAYOUT[wtype]
-    blocks = w.reshape(w.shape[0], K // 32, size)
-    d = _f16(blocks[..., 0:2])                                    # [N, nb]
+    blocks = np.ascontiguousarray(w).reshape(N * nb, size)
+    d = _f16(blocks[:, 0:2]).reshape(N, nb)
     if wtype == Q8_0:
-        return blocks[..., 2:34].view(np.int8).astype(np.int32), d, np.zeros_like(d)
-    qs = blocks[..., size - 16:]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)
-    m = -8.0 * d if wtype == Q4_0 else _f16(blocks[..., 2:4])
+        q = blocks[:, 2:34].view(np.int8).astype(np.int32).reshape(N, nb, 32)
+        return q, d, np.zeros_like(d)
+    q = unsigned_block32(blocks, wtype).astype(np.int32).reshape(N, nb, 32)
+    if wtype in (Q4_0, Q5_0):
+        m = (-8.0 if wtype == Q4_0 else -16.0) * d
+    else:
+        m = _f16(blocks[:, 2:4]).reshape(N, nb)
     return q, d, m.astype(np.float32)
 
 
@@ -163,7 +115,9 @@ def matmul(x: np.ndarray, w: np.ndarray, wtype: int, out: np.ndarray | None = No
     Quantized formats use the kernel's int8-activation semantics (exact integer block dots,
     float64 sums); plain float formats multiply f32 x exactly.
     """
-    if wtype not in (Q4_0, Q4_1, Q8_0):
+    if wtype in K_QUANTS:
+        return _write(matmul_q8k(x, w, wtype), out)
+    if wtype not in BLOCK32_QUANTS:
         return matmul_dequantized(x, w, wtype, out)
     scale, offset = matmul_int8_terms(x, w, wtype)
     return _write((scale + offset).sum(axis=-1), out)
