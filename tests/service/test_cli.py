@@ -270,3 +270,22 @@ def test_readme_examples_print_what_the_readme_says(served):
         result = run_cli(*argv)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == said, f"cyserve {' '.join(argv)}"
+
+
+@pytest.mark.parametrize("quantize", ["", "q8_0"], ids=["as-stored", "q8_0"])
+def test_serves_a_hugging_face_directory_with_its_chat_template(smollm2_hf_dir, quantize):
+    """`cyserve serve --model DIR`: the safetensors checkpoint, its tokenizer.json and its
+    chat_template.jinja, as the GGUF of the same weights would be served."""
+    server = ServeProcess("--model", smollm2_hf_dir, *(["--quantize", quantize] if quantize else []))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            info = pb_grpc.GenerationStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        assert info.architecture == "llama" and info.num_layers == 30
+        assert info.quantization == (quantize.upper() or "F32")
+        assert "<|im_start|>" in info.chat_template
+        result = run_cli("generate", "--chat", "--temperature", "0", "--max-tokens", "24",
+                         "--address", server.address, "What is the capital of France? Answer in one sentence.")
+        assert result.returncode == 0, result.stderr
+        assert "Paris" in result.stdout
+    finally:
+        assert server.terminate() == 0

@@ -85,7 +85,8 @@ class ModelWeights:
     output_norm: np.ndarray
     output: Weight  # token_embd itself when the embeddings are tied
     chat_template: str = ""  # the file's own template ("" when it has none)
-    reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it
+    reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it (None: not a GGUF)
+    end_token_ids: tuple[int, ...] = ()  # ids that end a generation besides the tokenizer's (HF generation_config)
 
     def __post_init__(self) -> None:
         """A layer holds a feature's tensors exactly when the architecture has the feature, so a
