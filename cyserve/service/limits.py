@@ -117,3 +117,15 @@ KEEPALIVE_OPTIONS = [
 def grpc_options(limits: ServiceLimits) -> list[tuple[str, int]]:
     """Channel options the limits imply: message size and keepalive."""
     return [("grpc.max_receive_message_length", limits.max_message_bytes), *KEEPALIVE_OPTIONS]
+
+
+def connection_age_options(max_age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """Server options that close connections older than `max_age_s` (0 = never) once their calls
+    end, or after `grace_s` more (0 = wait for them): clients then reconnect, through the load
+    balancer, and spread over replicas added since (gRPC's max_connection_age)."""
+    if max_age_s <= 0:
+        return []
+    options = [("grpc.max_connection_age_ms", int(max_age_s * 1000))]
+    if grace_s > 0:
+        options.append(("grpc.max_connection_age_grace_ms", int(grace_s * 1000)))
+    return options

@@ -1,7 +1,8 @@
 """The grpc.aio server: the Generation service plus grpc.health.v1 and server reflection, its
 telemetry (spans, the Prometheus endpoint on a port of its own), an optional plaintext port that
-serves grpc.health.v1 alone (for probes that cannot speak TLS), and `serve()`, which runs one
-until SIGTERM/SIGINT and shuts it down gracefully.
+serves grpc.health.v1 alone (for probes that cannot speak TLS), the OpenAI-compatible HTTP API on
+the same event loop and engine (cyserve.service.http), and `serve()`, which runs one until
+SIGTERM/SIGINT and shuts it down gracefully.
 
 The port is bound before the model loads: until then health says NOT_SERVING and every Generation
 call gets UNAVAILABLE with RetryInfo (cyserve.service.readiness), so orchestrators and clients see
@@ -25,7 +26,9 @@ from cyserve.fastpath.contract import EngineClient
 from cyserve.service.config import ServerConfig
 from cyserve.service.auth import BearerTokenInterceptor
 from cyserve.service.errors import ErrorMappingInterceptor
-from cyserve.service.limits import ServiceLimits, grpc_options
+from cyserve.service.http.app import OpenAIApi
+from cyserve.service.http.server import HttpServer
+from cyserve.service.limits import ServiceLimits, connection_age_options, grpc_options
 from cyserve.service.observability.metrics import MetricsHTTPServer, ServiceMetrics
 from cyserve.service.readiness import ReadinessInterceptor
 from cyserve.service.servicer import GenerationServicer
@@ -72,12 +75,20 @@ class Server:
                  trace_content: bool = False, limits: ServiceLimits | None = None,
                  credentials: grpc.ServerCredentials | None = None,
                  auth_token: str | None = None, health_port: int | None = None,
-                 metrics_tls: TLSFiles | None = None) -> None:
+                 metrics_tls: TLSFiles | None = None, http_port: int | None = None,
+                 http_tls: TLSFiles | None = None, served_model_name: str | None = None,
+                 max_connection_age_s: float = 0.0,
+                 max_connection_age_grace_s: float = 0.0) -> None:
         """`tracer_provider` None = no spans; `metrics_port` None = no metrics, 0 = any free
         port (the bound one is in `metrics_port` once started); `trace_content` puts prompt and
         output text in spans. `health_port` (None = none, 0 = any free port) is a plaintext port
         on the same host serving only grpc.health.v1, with the main port's statuses and no
-        token asked for; `metrics_tls` serves the metrics over HTTPS with those files."""
+        token asked for; `metrics_tls` serves the metrics over HTTPS with those files.
+        `http_port` (None = none, 0 = any free port) serves the OpenAI-compatible API, over
+        HTTPS with `http_tls`, with the same token, naming the model `served_model_name` (None:
+        the model's own name). `max_connection_age_s` (0 = unlimited) closes
+        gRPC connections that old (after `max_connection_age_grace_s` for calls in flight), so
+        that clients reconnect and spread over new replicas."""
         self.engine = engine
         self.host = host
         self.port = port  # the bound port once started
@@ -96,6 +107,11 @@ class Server:
         self._credentials = credentials  # None = plaintext
         self._auth_token = auth_token  # None = no authentication; never logged
         self._servicer: GenerationServicer | None = None
+        self.http_port = http_port  # the bound port once started
+        self._http_tls = http_tls
+        self._served_model_name = served_model_name
+        self._http: HttpServer | None = None
+        self._connection_age = (max_connection_age_s, max_connection_age_grace_s)
 
     @property
     def address(self) -> str:
@@ -123,7 +139,8 @@ class Server:
         if self._auth_token:
             interceptors.insert(1, BearerTokenInterceptor(self._auth_token))
         server = grpc.aio.server(
-            interceptors=interceptors, options=SERVER_OPTIONS + grpc_options(self.limits)
+            interceptors=interceptors,
+            options=SERVER_OPTIONS + grpc_options(self.limits) + connection_age_options(*self._connection_age),
         )
         pb_grpc.add_GenerationServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -134,6 +151,7 @@ class Server:
         self._server = server
         await server.start()
         await self._start_health_port()
+        await self._start_http()
         if self.engine is not None:
             await self.attach(self.engine)
         return port
@@ -149,6 +167,22 @@ class Server:
         self.health_port = _bind(server, _join(self.host, self.health_port), None, " (health port)")
         self._health_server = server
         await server.start()
+
+    async def _start_http(self) -> None:
+        """The OpenAI-compatible API on its port, around the same servicer and telemetry."""
+        if self.http_port is None:
+            return
+        api = OpenAIApi(self._servicer, self.telemetry, self._auth_token, self._served_model_name)
+        http = HttpServer(api.app(), self.host, self.http_port, self._http_tls, FINAL_MESSAGE_S)
+        try:
+            self.http_port = await http.start()
+        except (OSError, ValueError) as exc:
+            raise ServeError(f"cannot serve HTTP on {_join(self.host, self.http_port)}: {exc}") from exc
+        self._http = http
+
+    @property
+    def http_address(self) -> str | None:
+        return None if self._http is None else f"{self._http.scheme}://{_join(self.host, self.http_port)}"
 
     async def load(self, loader: Callable[[], EngineClient]) -> EngineClient:
         """Run `loader` (returns a started engine; may block for long) in a worker thread, then
@@ -189,6 +223,9 @@ class Server:
                 await _until(lambda: servicer.num_active == 0, grace)
             servicer.finish_all()
             await _until(lambda: servicer.num_active == 0, FINAL_MESSAGE_S)
+        if self._http is not None:  # stops accepting; ends responses still being sent
+            await self._http.stop()
+            self._http = None
         if self._server is not None:
             await self._server.stop(FINAL_MESSAGE_S if grace else 0)  # cancels what is left
         if self._health_server is not None:  # probes saw NOT_SERVING for the whole drain
@@ -243,14 +280,18 @@ async def serve(config: ServerConfig) -> None:
     server = Server(
         None, config.host, config.port, tracer_provider=tracer_provider,
         metrics_port=config.metrics_port or None, trace_content=config.trace_content,
-        health_port=config.health_port or None, **_api_security(config),
+        health_port=config.health_port or None, http_port=config.http_port or None,
+        served_model_name=config.served_model_name or None,
+        max_connection_age_s=config.max_connection_age_s,
+        max_connection_age_grace_s=config.max_connection_age_grace_s, **_api_security(config),
     )
     with _SignalWaiter(signal.SIGTERM, signal.SIGINT) as signals:
         loading: asyncio.Future | None = None
         try:
             await server.start()
             log.info("server.loading", address=server.address, port=server.port,
-                     health_port=server.health_port, model_path=engine_config.model_path)
+                     health_port=server.health_port, http_address=server.http_address,
+                     model_path=engine_config.model_path)
             loading = asyncio.ensure_future(server.load(load_engine))
             await asyncio.wait([loading, signals.first], return_when=asyncio.FIRST_COMPLETED)
             if loading.done():
@@ -281,6 +322,7 @@ def _log_started(server: Server, engine: EngineClient, model_path: str, tracer_p
         metrics_port=server.metrics_port,
         metrics_scheme=server.metrics_scheme,
         health_port=server.health_port,
+        http_address=server.http_address,
         tracing="on" if tracer_provider is not None else "off",
         **_engine_stats(engine),
     )
@@ -328,7 +370,8 @@ def _api_security(config: ServerConfig) -> dict[str, Any]:
         token = load_token(config.auth_token_file)
     except ValueError as exc:
         raise ServeError(str(exc)) from exc
-    return {"limits": limits, "credentials": credentials, "auth_token": token, "metrics_tls": files}
+    return {"limits": limits, "credentials": credentials, "auth_token": token, "metrics_tls": files,
+            "http_tls": files}
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, what: str = "") -> int:

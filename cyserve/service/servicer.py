@@ -215,6 +215,42 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> pb.ModelInfo:
         return self._model_info
 
+    # ---- for other front ends on the same engine (cyserve.service.http) ----
+    # They build a GenerateRequest from their own wire format, so that validation, chat templates,
+    # admission, telemetry and the engine plumbing stay the ones gRPC calls go through. Their
+    # `context` needs what telemetry and logs read of a grpc.aio context: peer(), code(),
+    # details(), time_remaining().
+
+    @property
+    def limits(self) -> ServiceLimits:
+        """The limits in force (the model's bounds applied once attached)."""
+        return self._limits
+
+    @property
+    def model_info(self) -> pb.ModelInfo:
+        return self._model_info
+
+    @property
+    def tokenizer(self) -> TokenizerClient:
+        return self._engine.tokenizer
+
+    def check_request(self, request: pb.GenerateRequest) -> None:
+        """Raise RequestValidationError when `request` breaks the API's rules or the limits."""
+        check_generate_request(request, self._limits, self._engine.model_info.vocab_size)
+
+    def check_num_completions(self, num: int, field: str) -> None:
+        self._check_num_completions(num, field)
+
+    def admit(self, num_requests: int) -> contextlib.AbstractContextManager[None]:
+        """Hold a stream slot for a call that will submit `num_requests` engine requests; raises
+        ShuttingDownError or ResourceExhaustedError when the server cannot take it now."""
+        return self._admit(num_requests)
+
+    def completions(self, request: pb.GenerateRequest, context: Any, rpc: str,
+                    prompt_index: int = 0) -> AsyncIterator[pb.GenerateResponse]:
+        """The responses of every completion of a checked `request` (see `_completions`)."""
+        return self._completions(request, context, rpc, prompt_index)
+
     # ---- generation ----
 
     def _admit(self, num_requests: int) -> contextlib.AbstractContextManager[None]:

@@ -28,7 +28,9 @@ from cyserve.service.validation import MAX_REQUEST_ID_CHARS
 
 log = structlog.get_logger("cyserve.service")
 
-GENERATION_METHODS = frozenset({"Generate", "GenerateStream", "GenerateBatch"})
+# (the OpenAI-compatible HTTP endpoints count theirs under ChatCompletions and Completions)
+GENERATION_METHODS = frozenset({"Generate", "GenerateStream", "GenerateBatch", "ChatCompletions",
+                                "Completions"})
 # Codes that are the server's fault: they mark a server span as failed (OpenTelemetry's gRPC
 # conventions); the others are the caller's business and only set error.type.
 SERVER_ERROR_CODES = frozenset({
@@ -43,6 +45,7 @@ REJECTED_CODES = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.NOT_FOUND,  # HTTP: an unknown model name
 })
 
 
@@ -152,22 +155,32 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(wrapped, **codec)
         return handler
 
-    def _begin(self, method: str, metadata: Any) -> tuple[CallTelemetry, Any, object | None]:
+    def begin_call(self, method: str, metadata: Any, *, span_name: str | None = None,
+                   attributes: dict[str, Any] | None = None) -> tuple[CallTelemetry, Any, object | None]:
+        """Start a call's telemetry: its server span (named `span_name`, default the gRPC method,
+        with `attributes`, default the rpc.* ones) and its CallTelemetry as the current one.
+        `metadata` holds (key, value) items with `.key` and `.value`, as grpc's do. Pass what
+        this returns to `end_call`."""
         started = time.monotonic()
         parent = caller_context(metadata)
         span = None
         if self._tracer is not None:
             service, _, name = method[1:].rpartition("/")
+            if attributes is None:
+                attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
             span = self._tracer.start_span(
-                method[1:], context=parent, kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name})
+                span_name or method[1:], context=parent, kind=SpanKind.SERVER, attributes=attributes)
             parent = trace.set_span_in_context(span, parent)
         call = CallTelemetry(span, started)
         token = otel_context.attach(parent) if parent is not None else None
         return call, CURRENT_CALL.set(call), token
 
-    def _end(self, method: str, request: Any, context: grpc.aio.ServicerContext,
-             state: tuple[CallTelemetry, Any, object | None], failure: BaseException | None) -> None:
+    def end_call(self, method: str, request: Any, context: Any,
+                 state: tuple[CallTelemetry, Any, object | None], failure: BaseException | None,
+                 *, attributes: dict[str, Any] | None = None) -> None:
+        """End what `begin_call` started: the status from `failure` and `context` (a grpc.aio
+        context, or one with its code(), details() and time_remaining()), the calls counter
+        under the method's last path segment, `attributes` added to the span."""
         call, call_token, otel_token = state
         code = status_of(failure, context)
         name = method.rpartition("/")[2]
@@ -180,7 +193,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.rpc_finished(name, code.name)
         span = call.span
         if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attributes(attributes if attributes is not None
+                                else {"rpc.grpc.status_code": code.value[0]})
             if code is not grpc.StatusCode.OK:
                 span.set_attribute("error.type", code.name)
             if code in SERVER_ERROR_CODES:
@@ -207,7 +221,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_call(self, method: str, metadata: Any, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            state = self._begin(method, metadata)
+            state = self.begin_call(method, metadata)
             failure: BaseException | None = None
             try:
                 return await behaviour(request, context)
@@ -215,13 +229,13 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 failure = exc
                 raise
             finally:
-                self._end(method, request, context, state, failure)
+                self.end_call(method, request, context, state, failure)
 
         return call
 
     def _wrap_stream(self, method: str, metadata: Any, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            state = self._begin(method, metadata)
+            state = self.begin_call(method, metadata)
             failure: BaseException | None = None
             try:
                 async for response in behaviour(request, context):
@@ -230,6 +244,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 failure = exc
                 raise
             finally:
-                self._end(method, request, context, state, failure)
+                self.end_call(method, request, context, state, failure)
 
         return stream
