@@ -33,7 +33,7 @@ def free_port() -> int:
 def serve_command(model: str, port: int) -> list[str]:
     script = shutil.which("cyserve")
     base = [script] if script else [sys.executable, "-m", "cyserve.service.cli"]
-    return [*base, "serve", "--model", model, "--port", str(port), "--metrics-port", "0"]
+    return [*base, "serve", "--model", model, "--port", str(port), "--metrics-port", "0", "--http-port", "0"]
 
 
 def time_to_serving(model: str, timeout: float = 120.0) -> float:

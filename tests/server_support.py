@@ -129,8 +129,10 @@ def cyserve_command() -> list[str]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without CYSERVE_* settings (so a developer's own do not leak
-    into the servers tests start), plus `extra`; UTF-8 output whatever the locale."""
+    into the servers tests start), plus `extra`; UTF-8 output whatever the locale. The HTTP port
+    is off unless `extra` turns it on: servers here run side by side, and 8000 is one port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYSERVE_")}
     env["PYTHONIOENCODING"] = "utf-8"
+    env["CYSERVE_HTTP_PORT"] = "0"
     env.update(extra)
     return env

@@ -110,7 +110,7 @@ def free_port() -> int:
 def test_cyserve_serve_exports_spans_and_serves_metrics(tmp_path):
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CYSERVE_", "OTEL_"))}
-    env |= {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "cyserve-test"}
+    env |= {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "cyserve-test", "CYSERVE_HTTP_PORT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cyserve.service.cli", "serve", "--port", "0", "--kv-cache-bytes",
          "64MiB", "--metrics-port", str(metrics_port), "--grace", "1"],
