@@ -181,6 +181,15 @@ def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) ->
     return _write(silu * up.astype(np.float64), out)
 
 
+def gelu_tanh_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out = gelu_tanh(gate) * up, gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))."""
+    g = gate.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gelu = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+    gelu = np.where(np.isinf(g) & (g < 0), -0.0, gelu)  # -inf * (1 + tanh(-inf)) is -inf * 0
+    return _write(gelu * up.astype(np.float64), out)
+
+
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a += b in place; returns a."""
     a[...] = (a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
@@ -216,13 +225,15 @@ def _gather(cache: np.ndarray, blocks: np.ndarray, ctx: int) -> np.ndarray:
 def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                     block_tables: np.ndarray, query_start_loc: np.ndarray,
                     context_lens: np.ndarray, scale: float,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    out: np.ndarray | None = None, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention over a paged fp16 KV cache; returns f32[T, Hq*Dh].
 
     Sequence s owns query rows query_start_loc[s]:query_start_loc[s+1] (its last q_len tokens);
-    query row i sits at position context_lens[s] - q_len + i and sees keys 0..that position.
-    Query head h reads KV head h // (Hq // Hkv).
+    query row i sits at position p = context_lens[s] - q_len + i and sees keys 0..p, or with a
+    sliding window (window > 0) keys p - window + 1..p. Query head h reads KV head h // (Hq // Hkv).
     """
+    if window < 0:
+        raise ValueError(f"window must be 0 (no sliding window) or positive, got {window}")
     T = q.shape[0]
     _, Hkv, BS, Dh = k_cache.shape
     Hq = q.shape[1] // Dh
@@ -238,9 +249,14 @@ def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         K, V = _gather(k_cache, blocks, ctx), _gather(v_cache, blocks, ctx)
         qs = q[start:end].astype(np.float64).reshape(q_len, Hq, Dh)
         pos = ctx - q_len + np.arange(q_len)                       # [q_len]
-        masked = np.arange(ctx)[None, :] > pos[:, None]             # [q_len, ctx]
+        lo = max(int(pos[0]) - window + 1, 0) if window else 0   # no row sees a key before lo
+        K, V = K[:, lo:], V[:, lo:]
+        keys = np.arange(lo, ctx)[None, :]
+        masked = keys > pos[:, None]                                # [q_len, ctx - lo]
+        if window:
+            masked |= keys <= pos[:, None] - window
         for h in range(Hq):
-            scores = qs[:, h, :] @ K[h // group].T * scale          # [q_len, ctx]
+            scores = qs[:, h, :] @ K[h // group].T * scale          # [q_len, ctx - lo]
             scores[masked] = -np.inf
             p = np.exp(scores - scores.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)

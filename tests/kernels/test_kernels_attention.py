@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from cyserve.kernels import reference as R
 from cyserve.kernels.cpu import attention
-from kernel_data import ATTN_ATOL, ATTN_RTOL, PagedBatch, rng
+from kernel_data import ATTN_ATOL, ATTN_RTOL, NAN_F16, PagedBatch, rng
 
 
 # ---- reshape_and_cache ----
@@ -213,4 +213,91 @@ def test_paged_attention_rejects_malformed_batches():
         call(block_tables=bt.astype(np.int64))
     with pytest.raises(ValueError, match=r"v_cache must be the fp16 cache viewed as uint16"):
         call(v_cache=vc.view(np.float16))
+    assert not out.any()
+
+
+# ---- sliding window (the local layers of Gemma 3): a query at p reads keys [p - window + 1, p] ----
+
+def _run_window(batch, window, q=None, qsl=None, ctx=None):
+    args = list(batch.args())
+    if q is not None:
+        args[0], args[4], args[5] = q, qsl, ctx
+    out = np.full_like(args[0], np.nan)
+    attention.paged_attention(*args, out, window=window)
+    return out, R.paged_attention(*args, window=window)
+
+
+def _poison_outside_windows(batch, window):
+    """NaN into every cached key and value no query of the batch may read under `window`, so a
+    kernel that reads one (instead of only masking its score) produces NaN."""
+    for s, (ctx, q_len) in enumerate(batch.seqs):
+        first = max(ctx - q_len - window + 1, 0)  # the first row's first key
+        if first:
+            slots = batch.slots(s, np.arange(first))
+            for cache in (batch.k_cache, batch.v_cache):
+                cache.reshape(-1, batch.Hkv, batch.BS, batch.Dh)[slots // batch.BS, :, slots % batch.BS] = NAN_F16
+
+
+@pytest.mark.parametrize("window", [1, 5, 16, 20, 64, 65, 100])
+@pytest.mark.parametrize("BS", [16, 7])
+def test_window_decode_and_chunks(simd, window, BS):
+    """Windows smaller than a block, equal to one, crossing block and 64-key chunk boundaries,
+    larger than some contexts; decodes and prefill chunks after earlier context in one batch."""
+    seqs = [(1, 1), (15, 1), (33, 1), (200, 1), (130, 64), (70, 9), (47, 47), (300, 33)]
+    batch = PagedBatch(rng(window * BS), seqs, 9, 3, 64, BS)
+    _poison_outside_windows(batch, window)
+    out, want = _run_window(batch, window)
+    assert np.isfinite(out).all(), "read a key outside the sliding window (NaN-poisoned)"
+    np.testing.assert_allclose(out, want, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+@pytest.mark.parametrize("Dh", [6, 40, 256])
+def test_window_odd_head_widths(simd, Dh):
+    """The scalar tail (Dh % 8) and Gemma 3's 256-wide heads, one kv head for four q heads."""
+    batch = PagedBatch(rng(Dh), [(90, 1), (40, 40), (75, 20)], 4, 1, Dh, BS=16)
+    _poison_outside_windows(batch, 11)
+    out, want = _run_window(batch, 11)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, want, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+def test_window_changes_the_result_only_past_the_window(simd):
+    """Rows whose context fits the window equal plain causal attention; later rows differ."""
+    batch = PagedBatch(rng(5), [(40, 40)], 4, 2, 64, BS=16)
+    windowed, _ = _run_window(batch, 10)
+    full = _run(batch)
+    np.testing.assert_array_equal(windowed[:10], full[:10])
+    assert np.abs(windowed[10:] - full[10:]).max(axis=1).min() > 1e-4
+    wide, _ = _run_window(batch, 40)  # a window as long as the context is no window
+    np.testing.assert_array_equal(wide, full)
+
+
+@pytest.mark.parametrize("window", [3, 16, 29])
+@pytest.mark.parametrize("split", [1, 16, 23, 50])
+def test_window_chunked_prefill_equals_one_shot(simd, window, split):
+    """A 60-token prompt prefilled in one step or as [split] + [60 - split] gives the same rows."""
+    batch = PagedBatch(rng(window + split), [(60, 60)], 8, 2, 64, BS=16)
+    one_shot, _ = _run_window(batch, window)
+    first, _ = _run_window(batch, window, batch.q[:split], np.array([0, split], np.int32),
+                           np.array([split], np.int32))
+    rest, _ = _run_window(batch, window, batch.q[split:], np.array([0, 60 - split], np.int32),
+                          np.array([60], np.int32))
+    np.testing.assert_allclose(np.concatenate([first, rest]), one_shot, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+def test_window_same_bits_for_any_thread_count(simd, num_threads):
+    batch = PagedBatch(rng(21), [(2100, 64), (900, 1), (33, 33)], 16, 2, 64, BS=16)
+    num_threads(1)
+    one, _ = _run_window(batch, 512)
+    num_threads(2)
+    two, want = _run_window(batch, 512)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, want, rtol=ATTN_RTOL, atol=ATTN_ATOL)
+
+
+def test_window_must_not_be_negative():
+    batch = PagedBatch(rng(2), [(5, 2)], 2, 1, 8, BS=4)
+    out = np.zeros_like(batch.q)
+    with pytest.raises(ValueError, match="window must be 0"):
+        attention.paged_attention(*batch.args(), out, window=-1)
     assert not out.any()

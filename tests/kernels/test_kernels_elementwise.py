@@ -1,4 +1,4 @@
-"""rms_norm, rope, silu_mul and add vs the numpy reference."""
+"""rms_norm, rope, silu_mul, gelu_tanh_mul and add vs the numpy reference."""
 import numpy as np
 import pytest
 
@@ -113,6 +113,44 @@ def test_silu_mul_extremes(simd):
     assert np.isnan(nan_out).all()
 
 
+@pytest.mark.parametrize("T", T_VALUES)
+@pytest.mark.parametrize("F", [1, 13, 1536])
+def test_gelu_tanh_mul(simd, T, F):
+    r = rng(T + 3 * F)
+    gate = (r.standard_normal((T, F)) * 4).astype(np.float32)
+    up = r.standard_normal((T, F)).astype(np.float32)
+    out = np.empty_like(gate)
+    activation.gelu_tanh_mul(gate, up, out)
+    expected = R.gelu_tanh_mul(gate, up)
+    np.testing.assert_allclose(out, expected, rtol=ACT_RTOL, atol=ACT_ATOL)
+    activation.gelu_tanh_mul(gate, up, up)  # out may be up itself
+    np.testing.assert_allclose(up, expected, rtol=ACT_RTOL, atol=ACT_ATOL)
+
+
+def test_gelu_tanh_matches_torch_and_differs_from_silu():
+    """The reference is the gelu_pytorch_tanh of Gemma's checkpoints, and not SiLU."""
+    torch = pytest.importorskip("torch")
+    g = np.linspace(-12, 12, 4001, dtype=np.float32)[None]
+    one = np.ones_like(g)
+    want = torch.nn.functional.gelu(torch.from_numpy(g).double(), approximate="tanh").numpy()
+    np.testing.assert_allclose(R.gelu_tanh_mul(g, one), want, rtol=1e-6, atol=1e-7)
+    assert np.abs(R.gelu_tanh_mul(g, one) - R.silu_mul(g, one)).max() > 0.1
+
+
+def test_gelu_tanh_mul_extremes(simd):
+    """Past the cube's overflow a huge negative gate gives -0 and a huge positive one itself."""
+    gate = np.array([[-3e38, -1e13, -1000, -100, -20, -5, -1e-30, 0, 1e-30, 5, 20, 100, 1000, 1e13, 3e38] * 2],
+                    np.float32)
+    up = np.full_like(gate, 0.5)
+    out = np.empty_like(gate)
+    activation.gelu_tanh_mul(gate, up, out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, R.gelu_tanh_mul(gate, up), rtol=ACT_RTOL, atol=ACT_ATOL)
+    nan, nan_out = np.full((1, 9), np.nan, np.float32), np.zeros((1, 9), np.float32)
+    activation.gelu_tanh_mul(nan, np.ones_like(nan), nan_out)
+    assert np.isnan(nan_out).all()
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 577), (64, 576), (300, 1000)])
 def test_add(simd, shape):
     r = rng(shape[1])
@@ -129,6 +167,11 @@ def test_activation_rejects_malformed_inputs():
     a = np.ones((2, 8), np.float32)
     with pytest.raises(ValueError, match="gate, up and out must all be"):
         activation.silu_mul(a, np.ones((2, 9), np.float32), np.empty_like(a))
+    with pytest.raises(ValueError, match="gate, up and out must all be"):
+        activation.gelu_tanh_mul(a, a, np.empty((3, 8), np.float32))
+    with pytest.raises(ValueError, match="overlap"):
+        big = np.ones((3, 8), np.float32)
+        activation.gelu_tanh_mul(big[:2], a, big[1:])
     with pytest.raises(ValueError, match=r"b must be float32\[2, 8\]"):
         activation.add(a, np.ones((8, 2), np.float32))
     buf = np.ones((3, 8), np.float32)

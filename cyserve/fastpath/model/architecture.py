@@ -10,14 +10,18 @@ One block, as every backend runs it (optional steps in brackets):
     x = attn_norm(h)
     q, k, v = x @ Wq [+ bq], x @ Wk [+ bk], x @ Wv [+ bv]
     [q, k = q_norm(q), k_norm(k)]            per head, RMSNorm over head_dim
-    q, k = rope(q), rope(k)                  interleaved pairs or NeoX halves
-    o = paged_attention(q, k, v) @ Wo
+    q, k = rope(q), rope(k)                  interleaved pairs or NeoX halves; the layer's base
+    o = paged_attention(q, k, v) @ Wo        scale from the file; a local layer's window bounds it
     h += [post_attention_norm](o)
     x = ffn_norm(h)
-    h += [post_ffn_norm]((act(x @ Wgate) * (x @ Wup)) @ Wdown)
+    h += [post_ffn_norm]((act(x @ Wgate) * (x @ Wup)) @ Wdown)      act: SiLU or GELU(tanh)
 
 and around the blocks: h = embedding(ids) [* sqrt(hidden)]; logits = output_norm(h) @ Wout, with
-Wout the embedding when the file ties them.
+Wout the embedding when the file ties them [, then cap * tanh(logits / cap)].
+
+q has num_heads * head_dim columns, which need not be the hidden size (Gemma 3 270M: 4 x 256 over
+640). What differs between layers (`LayerAttention`: sliding window, rotary base) is derived once
+from the architecture and the file (`Architecture.layer_attention`), and every backend reads that.
 """
 from __future__ import annotations
 
@@ -38,6 +42,15 @@ class Activation(enum.Enum):
     """The gate activation of the gated MLP: act(x @ Wgate) * (x @ Wup)."""
 
     SILU = "silu"
+    GELU_TANH = "gelu_tanh"  # GELU's tanh approximation (Gemma's gelu_pytorch_tanh)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """How one layer attends: its sliding window (0: every earlier position) and rotary base."""
+
+    window: int
+    rope_theta: float
 
 
 @dataclass(frozen=True)
@@ -51,10 +64,28 @@ class Architecture:
     qk_norm: bool = False  # RMSNorm of each q and k head before rotary (Qwen3, Gemma 3)
     post_sublayer_norms: bool = False  # RMSNorm of attention and MLP outputs before the residual add (Gemma)
     scale_embeddings: bool = False  # embeddings times sqrt(hidden_size) (Gemma)
+    # Interleaved local (sliding-window) and global layers: every `sliding_window_pattern`-th
+    # layer is global, the others local, when the file gives a sliding window (Gemma 3: 6, as
+    # llama.cpp has it; the window is the file's `{arch}.attention.sliding_window`). 0: all global.
+    sliding_window_pattern: int = 0
+    local_rope_theta: float = 0.0  # local layers' rotary base (Gemma 3: 10000); 0: the file's
+
+    def layer_attention(self, num_layers: int, sliding_window: int,
+                        rope_theta: float) -> tuple[LayerAttention, ...]:
+        """Each layer's window and rotary base, given the file's window (0: none) and base."""
+        glob = LayerAttention(0, rope_theta)
+        if not self.sliding_window_pattern or sliding_window <= 0:
+            return (glob,) * num_layers
+        local = LayerAttention(sliding_window, self.local_rope_theta or rope_theta)
+        n = self.sliding_window_pattern
+        return tuple(glob if (i + 1) % n == 0 else local for i in range(num_layers))
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("llama"),
+    "gemma3": Architecture("gemma3", rope_style=RopeStyle.NEOX, activation=Activation.GELU_TANH,
+                           qk_norm=True, post_sublayer_norms=True, scale_embeddings=True,
+                           sliding_window_pattern=6, local_rope_theta=10000.0),
 }
 
 

@@ -24,6 +24,8 @@ cdef struct LayerRefs:
     const float *post_ffn_norm
     uint16_t *k_cache        # fp16 bits [num_blocks, Hkv, BS, Dh]
     uint16_t *v_cache
+    int64_t window           # sliding window of a local layer; 0 = global (LayerAttention)
+    double rope_theta        # this layer's rotary base
 
 
 # One validated batch, as raw pointers the nogil loop reads.
@@ -47,8 +49,9 @@ cdef class CpuForward:
     cdef readonly int64_t intermediate_size, vocab_size, context_length
     cdef readonly int64_t num_blocks, block_size
     cdef readonly int64_t capacity       # tokens the workspace holds now (grows on demand)
-    cdef double rope_theta
     cdef bint rope_neox                  # RopeStyle.NEOX: rotate (i, i + Dh/2), else (2i, 2i+1)
+    cdef bint gelu                       # Activation.GELU_TANH, else SILU
+    cdef float logit_softcap             # 0: logits as computed
     cdef float embedding_scale           # 0: embeddings as stored (scale_embeddings off)
     cdef float eps, scale
     cdef LayerRefs *layers

@@ -13,12 +13,13 @@ id, query range and logits row is validated against the model and cache before t
 """
 import numpy as np
 
+from libc.math cimport tanhf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from cyserve.kernels.cpu._checks cimport check_rc
-from cyserve.kernels.cpu.activation cimport add_nogil, silu_mul_nogil
+from cyserve.kernels.cpu.activation cimport add_nogil, gelu_tanh_mul_nogil, silu_mul_nogil
 from cyserve.kernels.cpu.attention cimport (
     check_paged_batch, paged_attention_nogil, reshape_and_cache_nogil,
 )
@@ -26,7 +27,7 @@ from cyserve.kernels.cpu.norm cimport rms_norm_nogil
 from cyserve.kernels.cpu.quant_matmul cimport get_rows_nogil, matmul_nogil
 from cyserve.kernels.cpu.rope cimport rope_nogil
 
-from cyserve.fastpath.model.architecture import RopeStyle
+from cyserve.fastpath.model.architecture import Activation, RopeStyle
 from cyserve.kernels.cpu.quant_matmul import row_bytes
 
 # Kernels that can fail (return a CYS_ERR_* code), named in the error message.
@@ -115,11 +116,12 @@ cdef class CpuForward:
         self.intermediate_size = cfg.intermediate_size
         self.vocab_size = cfg.vocab_size
         self.context_length = cfg.context_length
-        self.rope_theta = cfg.rope_theta
         self.rope_neox = model.arch.rope_style is RopeStyle.NEOX
+        self.gelu = model.arch.activation is Activation.GELU_TANH
         self.embedding_scale = np.sqrt(cfg.hidden_size) if model.arch.scale_embeddings else 0.0
+        self.logit_softcap = cfg.final_logit_softcap
         self.eps = cfg.rms_norm_eps
-        self.scale = 1.0 / np.sqrt(cfg.head_dim)
+        self.scale = cfg.query_scale
         self.block_size = block_size
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
@@ -140,8 +142,10 @@ cdef class CpuForward:
         if self.layers == NULL:
             raise MemoryError("CpuForward: no memory for the layer table")
         cdef LayerRefs *L
-        for i, lw in enumerate(model.layers):
+        for i, (lw, attn) in enumerate(zip(model.layers, model.layer_attention)):
             L = &self.layers[i]
+            L.window = attn.window
+            L.rope_theta = attn.rope_theta
             L.attn_norm = _vector_ref(lw.attn_norm, H, f"layer {i} attn_norm", owners)
             L.ffn_norm = _vector_ref(lw.ffn_norm, H, f"layer {i} ffn_norm", owners)
             L.wq = _weight_ref(lw.wq, NQ, H, owners)
@@ -298,8 +302,11 @@ cdef class CpuForward:
             memcpy(x + r * H, h + a.logits_indices[r] * H, H * sizeof(float))
         rms_norm_nogil(x, self.output_norm, a.R, H, self.eps, x)
         self._failed_kernel = K_MATMUL
-        return matmul_nogil(x, a.R, H, self.output.data, self.output.row_bytes, self.output.wtype,
-                            self.vocab_size, a.logits)
+        rc = matmul_nogil(x, a.R, H, self.output.data, self.output.row_bytes, self.output.wtype,
+                          self.vocab_size, a.logits)
+        if rc == 0 and self.logit_softcap != 0.0:
+            _softcap(a.logits, a.R * self.vocab_size, self.logit_softcap)
+        return rc
 
     cdef int _layer(self, const StepArgs *a, const LayerRefs *L) noexcept nogil:
         """One transformer block on h[T, hidden], in place."""
@@ -333,9 +340,9 @@ cdef class CpuForward:
         if L.k_norm != NULL:
             rms_norm_nogil(k, L.k_norm, T * Hkv, Dh, self.eps, k)
         self._failed_kernel = K_ROPE
-        rc = rope_nogil(q, a.positions, T, Hq, Dh, self.rope_theta, self.rope_neox)
+        rc = rope_nogil(q, a.positions, T, Hq, Dh, L.rope_theta, self.rope_neox)
         if rc == 0:
-            rc = rope_nogil(k, a.positions, T, Hkv, Dh, self.rope_theta, self.rope_neox)
+            rc = rope_nogil(k, a.positions, T, Hkv, Dh, L.rope_theta, self.rope_neox)
         if rc:
             return rc
         reshape_and_cache_nogil(k, v, T, L.k_cache, L.v_cache, Hkv, self.block_size, Dh,
@@ -343,7 +350,7 @@ cdef class CpuForward:
         self._failed_kernel = K_ATTENTION
         rc = paged_attention_nogil(q, T, Hq, L.k_cache, L.v_cache, Hkv, self.block_size, Dh,
                                    a.block_tables, a.max_blocks, a.query_start_loc,
-                                   a.context_lens, a.S, self.scale, attn)
+                                   a.context_lens, a.S, self.scale, L.window, attn)
         if rc:
             return rc
         self._failed_kernel = K_MATMUL
@@ -357,7 +364,10 @@ cdef class CpuForward:
             rc = _linear(x, T, &L.w_up, up)
         if rc:
             return rc
-        silu_mul_nogil(gate, up, T * F, gate)
+        if self.gelu:
+            gelu_tanh_mul_nogil(gate, up, T * F, gate)
+        else:
+            silu_mul_nogil(gate, up, T * F, gate)
         rc = _linear(gate, T, &L.w_down, o)
         if rc:
             return rc
@@ -391,3 +401,11 @@ cdef inline void _scale(float *x, int64_t n, float factor) noexcept nogil:
     cdef int64_t i
     for i in range(n):
         x[i] *= factor
+
+
+cdef inline void _softcap(float *x, int64_t n, float cap) noexcept nogil:
+    """x = cap * tanh(x / cap): final logit soft-capping (Gemma 2)."""
+    cdef int64_t i
+    cdef float inv = 1.0 / cap
+    for i in range(n):
+        x[i] = cap * tanhf(x[i] * inv)

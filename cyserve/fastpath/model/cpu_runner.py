@@ -21,14 +21,15 @@ from cyserve.fastpath.model.reference_forward import ReferenceForward
 from cyserve.fastpath.model.runner import RunnerBase, kv_bytes_per_block
 from cyserve.fastpath.model.weights import ModelWeights
 
-KERNEL_NAMES = ("matmul", "get_rows", "rms_norm", "rope", "reshape_and_cache", "paged_attention", "silu_mul", "add")
+KERNEL_NAMES = ("matmul", "get_rows", "rms_norm", "rope", "reshape_and_cache", "paged_attention", "silu_mul",
+                "gelu_tanh_mul", "add")
 
 
 def cpu_kernels() -> SimpleNamespace:
     """The compiled C kernels (SIMD where the CPU has it)."""
     from cyserve.kernels.cpu import activation, attention, norm, quant_matmul, rope
 
-    mods = (quant_matmul, quant_matmul, norm, rope, attention, attention, activation, activation)
+    mods = (quant_matmul, quant_matmul, norm, rope, attention, attention, activation, activation, activation)
     return SimpleNamespace(**{n: getattr(m, n) for n, m in zip(KERNEL_NAMES, mods)})
 
 

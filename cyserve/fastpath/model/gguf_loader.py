@@ -82,6 +82,36 @@ def _tensor_types(tensors: dict) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def _head_dim(reader, arch: str, hidden: int, heads: int, path: str) -> int:
+    """Width of one attention head: `attention.key_length` (Gemma 3: 256 over a hidden of 640 with
+    4 heads), else the rotary width, else hidden / heads."""
+    rope_dims = reader.fields.get(f"{arch}.rope.dimension_count")
+    head_dim = int(_field(reader, f"{arch}.attention.key_length", path,
+                          default=int(rope_dims.contents()) if rope_dims else hidden // heads))
+    value_dim = int(_field(reader, f"{arch}.attention.value_length", path, default=head_dim))
+    if head_dim <= 0 or head_dim % 2:
+        raise ModelLoadError(path, f"head_dim {head_dim} must be a positive even number (rotary pairs)")
+    if value_dim != head_dim:
+        raise ModelLoadError(path, f"value heads of {value_dim} over key heads of {head_dim} are not supported")
+    if rope_dims is not None and int(rope_dims.contents()) != head_dim:
+        raise ModelLoadError(path, f"partial rotary embeddings ({int(rope_dims.contents())} of {head_dim} "
+                             f"dimensions) are not supported")
+    return head_dim
+
+
+def _attention_scale(reader, arch: str, hidden: int, heads: int, head_dim: int, num_layers: int,
+                     path: str) -> float:
+    """The factor of the attention scores: the file's `attention.scale` when it has one; Gemma 3
+    files carry none, and its query_pre_attn_scalar is head_dim, but hidden / heads for the 27B
+    (62 layers), as llama.cpp sets it; 1/sqrt(head_dim) for everything else."""
+    scale = float(_field(reader, f"{arch}.attention.scale", path, default=0.0))
+    if scale:
+        return scale
+    if arch == "gemma3" and num_layers == 62:
+        return 1.0 / float(np.sqrt(hidden // heads))
+    return 1.0 / float(np.sqrt(head_dim))
+
+
 def _config(reader, path: str, tensors: dict) -> ModelConfig:
     arch = str(_field(reader, "general.architecture", path))
     architecture(arch, path)  # refuses an unknown one before its keys are read
@@ -91,11 +121,10 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
     vocab = int(_field(reader, f"{arch}.vocab_size", path, default=len(tokens.contents()) if tokens else -1))
     if vocab <= 0:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
-    head_dim = int(_field(reader, f"{arch}.rope.dimension_count", path, default=hidden // heads))
-    if head_dim * heads != hidden or head_dim % 2:
-        raise ModelLoadError(path, f"head_dim {head_dim} x {heads} heads does not match hidden size {hidden}")
+    head_dim = _head_dim(reader, arch, hidden, heads, path)
     if "rope_freqs.weight" in tensors:
         raise ModelLoadError(path, "rope frequency factors (rope_freqs.weight, llama-3.1 style scaling) are not supported yet")
+    num_layers = int(_field(reader, f"{arch}.block_count", path))
     return ModelConfig(
         name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
         architecture=arch,
@@ -103,7 +132,7 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         context_length=int(_field(reader, f"{arch}.context_length", path)),
         hidden_size=hidden,
         intermediate_size=int(_field(reader, f"{arch}.feed_forward_length", path)),
-        num_layers=int(_field(reader, f"{arch}.block_count", path)),
+        num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", path, default=heads)),
         head_dim=head_dim,
@@ -111,6 +140,9 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", path, default=1e-5)),
         file_type=_dominant_type(tensors),
         tensor_types=_tensor_types(tensors),
+        attention_scale=_attention_scale(reader, arch, hidden, heads, head_dim, num_layers, path),
+        sliding_window=int(_field(reader, f"{arch}.attention.sliding_window", path, default=0)),
+        final_logit_softcap=float(_field(reader, f"{arch}.final_logit_softcapping", path, default=0.0)),
     )
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from cyserve.fastpath.model.architecture import RopeStyle
+from cyserve.fastpath.model.architecture import Activation, RopeStyle
 from cyserve.fastpath.model.batch import BatchInputs
 from cyserve.fastpath.model.weights import ModelWeights, Weight
 
@@ -22,7 +22,7 @@ class ReferenceForward:
                  kernels: SimpleNamespace) -> None:
         self.model, self.cfg, self.arch, self.ops = model, model.config, model.arch, kernels
         self.k_caches, self.v_caches = k_caches, v_caches
-        self.scale = 1.0 / float(np.sqrt(self.cfg.head_dim))
+        self.scale = self.cfg.query_scale
 
     def _linear(self, x: np.ndarray, w: Weight, bias: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), dtype=np.float32)
@@ -56,23 +56,29 @@ class ReferenceForward:
             h *= np.float32(np.sqrt(cfg.hidden_size))
         x = np.empty_like(h)
         attn = np.empty((num_tokens, cfg.num_heads * cfg.head_dim), dtype=np.float32)
-        for layer, kc, vc in zip(self.model.layers, self.k_caches, self.v_caches):
+        act = ops.gelu_tanh_mul if arch.activation is Activation.GELU_TANH else ops.silu_mul
+        for layer, la, kc, vc in zip(self.model.layers, self.model.layer_attention, self.k_caches,
+                                     self.v_caches):
             ops.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps, x)
             q = self._head_norm(self._linear(x, layer.wq, layer.bq), layer.q_norm)  # [T, heads * head_dim]
             k = self._head_norm(self._linear(x, layer.wk, layer.bk), layer.k_norm)  # [T, kv_heads * head_dim]
             v = self._linear(x, layer.wv, layer.bv)
-            ops.rope(q, inputs.positions, cfg.num_heads, cfg.head_dim, cfg.rope_theta, neox)
-            ops.rope(k, inputs.positions, cfg.num_kv_heads, cfg.head_dim, cfg.rope_theta, neox)
+            ops.rope(q, inputs.positions, cfg.num_heads, cfg.head_dim, la.rope_theta, neox)
+            ops.rope(k, inputs.positions, cfg.num_kv_heads, cfg.head_dim, la.rope_theta, neox)
             kc16, vc16 = kc.view(np.uint16), vc.view(np.uint16)
             ops.reshape_and_cache(k, v, kc16, vc16, inputs.slot_mapping)
             ops.paged_attention(q, kc16, vc16, inputs.block_tables, inputs.query_start_loc,
-                                inputs.context_lens, self.scale, attn)
+                                inputs.context_lens, self.scale, attn, window=la.window)
             self._residual(h, self._linear(attn, layer.wo), layer.post_attn_norm)
             ops.rms_norm(h, layer.ffn_norm, cfg.rms_norm_eps, x)
             gate = self._linear(x, layer.w_gate)  # [T, ffn]
             up = self._linear(x, layer.w_up)
-            ops.silu_mul(gate, up, gate)
+            act(gate, up, gate)
             self._residual(h, self._linear(gate, layer.w_down), layer.post_ffn_norm)
         last = np.ascontiguousarray(h[inputs.logits_indices])  # [R, hidden]
         ops.rms_norm(last, self.model.output_norm, cfg.rms_norm_eps, last)
-        return self._linear(last, self.model.output)  # [R, vocab]
+        logits = self._linear(last, self.model.output)  # [R, vocab]
+        if cfg.final_logit_softcap:
+            cap = np.float32(cfg.final_logit_softcap)
+            logits = (cap * np.tanh(logits / cap)).astype(np.float32)
+        return logits

@@ -15,7 +15,10 @@ shared unchanged. What differs is where things live:
 * K/V caches are fp16 torch tensors `[num_blocks, num_kv_heads, block_size, head_dim]` per layer;
 * the residual stream is fp32 (fused add + RMSNorm writes the fp16 input of the next matmul);
 * `ops` is the CUDA extension on a GPU, or `cyserve.kernels.cuda.torch_ops` (same signatures, pure
-  torch) on any other device, which is how CI proves this runner's logic without a GPU.
+  torch) on any other device, which is how CI proves this runner's logic without a GPU;
+* the CUDA attention kernel has no sliding window yet, so a model with local layers (Gemma 3) is
+  refused on CUDA with a ModelLoadError (it runs on the CPU and on torch's other devices); the
+  GELU(tanh) gate is plain torch on every device.
 
 torch is imported by this module only; the engine imports it only when the device is not the CPU.
 """
@@ -27,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cyserve.fastpath.model.architecture import RopeStyle
+from cyserve.fastpath.errors import ModelLoadError
+from cyserve.fastpath.model.architecture import Activation, RopeStyle
 from cyserve.fastpath.model.batch import BatchInputs, build_inputs
 from cyserve.fastpath.model.device_sampler import DeviceSampler
 from cyserve.fastpath.model.runner import RunnerBase, kv_bytes_per_block
@@ -84,6 +88,12 @@ class _Linear:
             self.raw = torch.from_numpy(np.concatenate([w.data for w in weights])).to(device)
 
 
+def _gelu_tanh_mul(out: torch.Tensor, gate_up: torch.Tensor) -> None:
+    from cyserve.kernels.cuda import torch_ops as mod  # plain torch: any device
+
+    mod.gelu_tanh_mul(out, gate_up)
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, width: int) -> torch.Tensor:
     """RMSNorm over groups of `width` columns of x[T, n] (width = head_dim: per head), in fp32."""
     rows = x.reshape(x.shape[0], -1, width).float()
@@ -106,7 +116,13 @@ class TorchModelRunner(RunnerBase):
         self.dtype = dtype or (torch.float16 if on_gpu else torch.float32)
         self.ops = ops or (cuda_ops() if on_gpu else torch_ops())
         self.use_gemv = use_gemv
-        self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+        self.scale = cfg.query_scale
+        self.attention = model.layer_attention
+        if on_gpu and any(la.window for la in self.attention):
+            raise ModelLoadError(model.path, f"{model.arch.name} has sliding-window (local) attention "
+                                 f"layers, which the CUDA attention kernel does not bound yet: serve "
+                                 f"it on the CPU (--device cpu)")
+        self.act = self.ops.silu_mul if model.arch.activation is Activation.SILU else _gelu_tanh_mul
         dev, dt = self.device, self.dtype
         self.embedding = _Linear([model.token_embd], dev, dt, False).weight  # [vocab, hidden]
         self.output = (self.embedding if model.output is model.token_embd
@@ -254,7 +270,7 @@ class TorchModelRunner(RunnerBase):
         attn = torch.empty((num_tokens, q_width), dtype=self.dtype, device=self.device)
         act = torch.empty((num_tokens, cfg.intermediate_size), dtype=self.dtype, device=self.device)
         delta = None  # the previous sublayer's output, added to h by the next fused norm
-        for layer, k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+        for layer, la, k_cache, v_cache in zip(self.layers, self.attention, self.k_caches, self.v_caches):
             ops.fused_add_rms_norm(h, delta, layer.attn_norm, cfg.rms_norm_eps, x)
             qkv = self._linear(x, layer.qkv)                                       # [T, q + 2 kv]
             q, k = qkv[:, :q_width], qkv[:, q_width:q_width + kv_width]
@@ -262,15 +278,18 @@ class TorchModelRunner(RunnerBase):
             if layer.q_norm is not None:  # per head; new tensors, so rope may work in place
                 q = _rms_norm(q, layer.q_norm, cfg.rms_norm_eps, cfg.head_dim)
                 k = _rms_norm(k, layer.k_norm, cfg.rms_norm_eps, cfg.head_dim)
-            ops.rope(q, k, positions, cfg.head_dim, cfg.rope_theta, neox)
+            ops.rope(q, k, positions, cfg.head_dim, la.rope_theta, neox)
             ops.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
+            window = (la.window,) if la.window else ()  # only torch_ops bound a window (see __init__)
             ops.paged_attention(attn, q, k_cache, v_cache, block_tables, query_start_loc, context_lens,
-                                self.scale)
+                                self.scale, *window)
             attn_out = self._post_norm(self._linear(attn, layer.wo), layer.post_attn_norm)
             ops.fused_add_rms_norm(h, attn_out, layer.ffn_norm, cfg.rms_norm_eps, x)
-            ops.silu_mul(act, self._linear(x, layer.gate_up))                      # [T, ffn]
+            self.act(act, self._linear(x, layer.gate_up))                          # [T, ffn]
             delta = self._post_norm(self._linear(act, layer.down), layer.post_ffn_norm)
         last = torch.empty((num_tokens, cfg.hidden_size), dtype=self.dtype, device=self.device)
         ops.fused_add_rms_norm(h, delta, self.output_norm, cfg.rms_norm_eps, last)
-        logits = F.linear(last[logits_indices], self.output)                       # [R, vocab]
-        return logits.float()
+        logits = F.linear(last[logits_indices], self.output).float()               # [R, vocab]
+        if cfg.final_logit_softcap:
+            logits = torch.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return logits

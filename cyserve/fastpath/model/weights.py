@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cyserve.fastpath.model.architecture import Architecture
+from cyserve.fastpath.model.architecture import Architecture, LayerAttention
 
 
 class WeightType(enum.IntEnum):
@@ -49,6 +49,14 @@ class ModelConfig:
     rms_norm_eps: float
     file_type: str  # the dominant weight type, e.g. "Q4_1"
     tensor_types: tuple[tuple[str, int], ...] = ()  # (GGML type name, number of tensors), most first
+    attention_scale: float = 0.0  # scores = q.k * attention_scale; 0: 1/sqrt(head_dim)
+    sliding_window: int = 0  # keys a local layer's query sees, its own included; 0: no local layers
+    final_logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0: none
+
+    @property
+    def query_scale(self) -> float:
+        """The factor of the attention scores."""
+        return self.attention_scale or 1.0 / float(np.sqrt(self.head_dim))
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,12 @@ class ModelWeights:
     chat_template: str = ""  # the file's own template ("" when it has none)
     reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it (None: not a GGUF)
     end_token_ids: tuple[int, ...] = ()  # ids that end a generation besides the tokenizer's (HF generation_config)
+
+    @property
+    def layer_attention(self) -> tuple[LayerAttention, ...]:
+        """Each layer's sliding window and rotary base (architecture.Architecture.layer_attention)."""
+        cfg = self.config
+        return self.arch.layer_attention(cfg.num_layers, cfg.sliding_window, cfg.rope_theta)
 
     def __post_init__(self) -> None:
         """A layer holds a feature's tensors exactly when the architecture has the feature, so a

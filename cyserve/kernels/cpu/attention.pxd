@@ -9,7 +9,7 @@ cdef int paged_attention_nogil(const float *q, int64_t T, int64_t Hq, const uint
                                const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                                const int32_t *block_tables, int64_t max_blocks,
                                const int32_t *query_start_loc, const int32_t *context_lens,
-                               int64_t S, float scale, float *out) noexcept nogil
+                               int64_t S, float scale, int64_t window, float *out) noexcept nogil
 
 # Raises ValueError unless every query range, context length and block id paged_attention_nogil
 # would follow for this batch is in bounds (NB blocks of BS tokens; T query rows in all).

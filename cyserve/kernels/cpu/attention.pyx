@@ -25,9 +25,9 @@ cdef int paged_attention_nogil(const float *q, int64_t T, int64_t Hq, const uint
                                const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                                const int32_t *block_tables, int64_t max_blocks,
                                const int32_t *query_start_loc, const int32_t *context_lens,
-                               int64_t S, float scale, float *out) noexcept nogil:
+                               int64_t S, float scale, int64_t window, float *out) noexcept nogil:
     return cys_paged_attention(q, T, Hq, k_cache, v_cache, Hkv, BS, Dh, block_tables, max_blocks,
-                               query_start_loc, context_lens, S, scale, out,
+                               query_start_loc, context_lens, S, scale, window, out,
                                current_num_threads(), current_simd())
 
 
@@ -122,17 +122,18 @@ cdef int check_paged_batch(const int32_t[:, ::1] block_tables, const int32_t[::1
 
 
 def paged_attention(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, scale,
-                    out) -> None:
+                    out, window=0) -> None:
     """out[T, Hq*Dh] = causal GQA attention of q over the paged caches (see docs/interfaces.md).
 
     Sequence s owns query rows query_start_loc[s]:query_start_loc[s+1] (its last q_len tokens);
     context_lens[s] counts its cached tokens including this step's. Row i of s sits at position
-    context_lens[s] - q_len + i and attends to keys 0..that position; q head h reads KV head
-    h // (Hq // Hkv).
+    p = context_lens[s] - q_len + i and attends to keys 0..p, or with a sliding window (window > 0)
+    to keys p - window + 1..p only; q head h reads KV head h // (Hq // Hkv).
     """
     _require_u16(k_cache, "k_cache")
     _require_u16(v_cache, "v_cache")
-    _paged_attention(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, scale, out)
+    _paged_attention(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, scale, out,
+                     window)
 
 
 def _paged_attention(const float[:, ::1] q not None, const uint16_t[:, :, :, ::1] k_cache not None,
@@ -140,7 +141,7 @@ def _paged_attention(const float[:, ::1] q not None, const uint16_t[:, :, :, ::1
                      const int32_t[:, ::1] block_tables not None,
                      const int32_t[::1] query_start_loc not None,
                      const int32_t[::1] context_lens not None, double scale,
-                     float[:, ::1] out not None):
+                     float[:, ::1] out not None, int64_t window):
     _check_caches(k_cache, v_cache)
     cdef int64_t NB = k_cache.shape[0], Hkv = k_cache.shape[1], BS = k_cache.shape[2]
     cdef int64_t Dh = k_cache.shape[3], T = q.shape[0], S = context_lens.shape[0]
@@ -152,6 +153,9 @@ def _paged_attention(const float[:, ::1] q not None, const uint16_t[:, :, :, ::1
         raise ValueError(f"out must be float32[{T}, {q.shape[1]}] like q, got [{out.shape[0]}, {out.shape[1]}]")
     if not isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
+    if window < 0:
+        raise ValueError(f"window must be 0 (no sliding window) or the positive number of keys a "
+                         f"query sees, got {window}")
     check_paged_batch(block_tables, query_start_loc, context_lens, T, NB, BS)
     if T == 0:
         return
@@ -161,5 +165,5 @@ def _paged_attention(const float[:, ::1] q not None, const uint16_t[:, :, :, ::1
         rc = paged_attention_nogil(&q[0, 0], T, Hq, &k_cache[0, 0, 0, 0], &v_cache[0, 0, 0, 0],
                                    Hkv, BS, Dh, &block_tables[0, 0], block_tables.shape[1],
                                    &query_start_loc[0], &context_lens[0], S, <float>scale,
-                                   &out[0, 0])
+                                   window, &out[0, 0])
     check_rc(rc, "paged_attention")

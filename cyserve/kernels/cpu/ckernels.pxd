@@ -36,6 +36,8 @@ cdef extern from "cys_kernels.h" nogil:
                  int64_t head_dim, double theta, int neox, int nthreads, int simd)
     void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,
                       int simd)
+    void cys_gelu_tanh_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,
+                           int simd)
     void cys_add(float *a, const float *b, int64_t n, int nthreads, int simd)
 
     void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *k_cache,
@@ -45,4 +47,5 @@ cdef extern from "cys_kernels.h" nogil:
                             const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                             const int32_t *block_tables, int64_t max_blocks,
                             const int32_t *query_start_loc, const int32_t *context_lens,
-                            int64_t S, float scale, float *out, int nthreads, int simd)
+                            int64_t S, float scale, int64_t window, float *out, int nthreads,
+                            int simd)

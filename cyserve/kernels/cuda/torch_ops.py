@@ -35,8 +35,9 @@ def _gather(cache: torch.Tensor, table: torch.Tensor, context_len: int) -> torch
 
 def paged_attention(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, query_start_loc: torch.Tensor, context_lens: torch.Tensor,
-                    scale: float) -> None:
-    """Causal GQA over the paged cache: sequence s's rows are its last q_len tokens (see cys_cuda.h)."""
+                    scale: float, window: int = 0) -> None:
+    """Causal GQA over the paged cache: sequence s's rows are its last q_len tokens (see cys_cuda.h).
+    window > 0: the query at position p sees keys p - window + 1..p only (a local layer)."""
     _, num_kv_heads, _, head_dim = k_cache.shape
     num_heads = q.shape[1] // head_dim
     group = num_heads // num_kv_heads
@@ -51,7 +52,10 @@ def paged_attention(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v
         qs = q[start:end].float().reshape(q_len, num_heads, head_dim).transpose(0, 1)           # [Hq, q_len, Dh]
         scores = qs @ keys.transpose(1, 2) * scale                                              # [Hq, q_len, ctx]
         pos = context_len - q_len + torch.arange(q_len, device=q.device)
-        masked = torch.arange(context_len, device=q.device)[None, :] > pos[:, None]
+        keys = torch.arange(context_len, device=q.device)[None, :]
+        masked = keys > pos[:, None]
+        if window:
+            masked |= keys <= pos[:, None] - window
         scores = scores.masked_fill(masked, float("-inf"))
         res = torch.softmax(scores, dim=-1) @ values                                            # [Hq, q_len, Dh]
         out[start:end] = res.transpose(0, 1).reshape(q_len, num_heads * head_dim).to(out.dtype)
@@ -87,6 +91,12 @@ def silu_mul(out: torch.Tensor, gate_up: torch.Tensor) -> None:
     """out = silu(gate) * up over gate_up = [gate | up]."""
     gate, up = gate_up.float().chunk(2, dim=-1)
     out.copy_(F.silu(gate) * up)
+
+
+def gelu_tanh_mul(out: torch.Tensor, gate_up: torch.Tensor) -> None:
+    """out = gelu_tanh(gate) * up over gate_up = [gate | up] (GELU's tanh approximation)."""
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    out.copy_(F.gelu(gate, approximate="tanh") * up)
 
 
 def dequant_gemv(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, wtype: int) -> None:

@@ -61,6 +61,9 @@ void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *
  * max and sum per query, with the partial output rescaled when the max grows, so scratch does not
  * depend on the context length. Causality: query row i of a sequence with q_len rows and ctx keys
  * sits at position ctx - q_len + i and sees keys 0..that position; rows only score the keys they see.
+ * A sliding window (window > 0, the local layers of Gemma 3) narrows that to the last `window`
+ * positions, [p - window + 1, p]: a tile starts at the first key its first row sees, so a decode
+ * over a long context reads `window` keys, not the context.
  */
 
 #define CYS_ATTN_KEYS_PER_CHUNK 64   /* f32 chunk of 64 x Dh=64 keys: 16 KiB, stays in L1 */
@@ -72,6 +75,7 @@ typedef struct {
     const uint16_t *k_cache, *v_cache;
     int64_t Hkv, BS, Dh, G;
     float scale;
+    int64_t window; /* 0: every earlier key; else the last `window` positions, the row's own included */
 } attn_cache;
 
 /* Query rows [row0, row0 + nrows) of one sequence, all G q heads of kv head kvh. */
@@ -95,10 +99,19 @@ typedef struct {
     float *alpha; /* [m_max]: this chunk's rescale of acc */
 } attn_scratch;
 
-/* Keys visible to row r of the tile inside chunk [j0, j0 + n). */
-static inline int64_t visible(const attn_tile *t, int64_t r, int64_t j0, int64_t n) {
-    const int64_t v = t->pos0 + r + 1 - j0;
-    return v < 0 ? 0 : v < n ? v : n;
+/* First key the tile's row r sees: 0, or the start of its window. */
+static inline int64_t first_key(const attn_cache *c, const attn_tile *t, int64_t r) {
+    const int64_t lo = t->pos0 + r - c->window + 1;
+    return c->window > 0 && lo > 0 ? lo : 0;
+}
+
+/* Keys row r of the tile sees inside chunk [j0, j0 + n): [j0 + *first, j0 + *first + count). */
+static inline int64_t visible(const attn_cache *c, const attn_tile *t, int64_t r, int64_t j0,
+                              int64_t n, int64_t *first) {
+    const int64_t lo = first_key(c, t, r) - j0, hi = t->pos0 + r + 1 - j0;
+    *first = lo > 0 ? lo : 0;
+    const int64_t end = hi < n ? hi : n;
+    return end > *first ? end - *first : 0;
 }
 
 static void f16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {
@@ -313,14 +326,19 @@ static void attend_tile(const attn_cache *c, const attn_tile *t, attn_scratch *w
         w->sum[m] = 0.0f;
     }
     for (int64_t i = 0; i < M * Dh; i++) w->acc[i] = 0.0f;
-    for (int64_t j0 = 0; j0 < nkeys; j0 += CYS_ATTN_KC) {
+    /* A row's visible keys start `first` keys into the chunk: the same scratch with kv moved there,
+     * so the score and PV loops see a dense run of nv keys either way. */
+    attn_scratch at = *w;
+    for (int64_t j0 = first_key(c, t, 0); j0 < nkeys; j0 += CYS_ATTN_KC) {
         const int64_t n = nkeys - j0 < CYS_ATTN_KC ? nkeys - j0 : CYS_ATTN_KC;
+        int64_t first;
         load_chunk(c, t, c->k_cache, j0, n, w->kv, simd);
         for (int64_t r = 0; r < t->nrows; r++) {
-            const int64_t nv = visible(t, r, j0, n);
+            const int64_t nv = visible(c, t, r, j0, n, &first);
             if (nv == 0) continue;
-            if (simd) scores_avx2(c, t, r, nv, w);
-            else scores_scalar(c, t, r, nv, w);
+            at.kv = w->kv + first * Dh;
+            if (simd) scores_avx2(c, t, r, nv, &at);
+            else scores_scalar(c, t, r, nv, &at);
             for (int64_t m = r * G; m < (r + 1) * G; m++) {
                 float *p = w->s + m * CYS_ATTN_KC, cmax = -INFINITY;
                 if (simd) cmax = max_avx2(p, nv);
@@ -331,11 +349,12 @@ static void attend_tile(const attn_cache *c, const attn_tile *t, attn_scratch *w
         }
         load_chunk(c, t, c->v_cache, j0, n, w->kv, simd);
         for (int64_t r = 0; r < t->nrows; r++) {
-            const int64_t nv = visible(t, r, j0, n);
+            const int64_t nv = visible(c, t, r, j0, n, &first);
             if (nv == 0) continue;
-            if (simd) pv_avx2(c, r, nv, w);
+            at.kv = w->kv + first * Dh;
+            if (simd) pv_avx2(c, r, nv, &at);
             else
-                for (int64_t m = r * G; m < (r + 1) * G; m++) pv_scalar(c, m, nv, w);
+                for (int64_t m = r * G; m < (r + 1) * G; m++) pv_scalar(c, m, nv, &at);
         }
     }
     for (int64_t r = 0; r < t->nrows; r++)
@@ -374,14 +393,14 @@ int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k
                         const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                         const int32_t *block_tables, int64_t max_blocks,
                         const int32_t *query_start_loc, const int32_t *context_lens, int64_t S,
-                        float scale, float *out, int nthreads, int simd) {
+                        float scale, int64_t window, float *out, int nthreads, int simd) {
     (void)T;
     const int64_t G = Hq / Hkv, tile_rows = rows_per_item(G);
     int64_t nitems = 0, work = 0;
     for (int64_t s = 0; s < S; s++) {
         const int64_t q_len = query_start_loc[s + 1] - query_start_loc[s];
         nitems += (q_len + tile_rows - 1) / tile_rows * Hkv;
-        work += q_len * context_lens[s];
+        work += q_len * (window > 0 && window < context_lens[s] ? window : context_lens[s]);
     }
     if (nitems == 0) return CYS_OK;
     attn_item *items = malloc((size_t)nitems * sizeof(attn_item));
@@ -397,7 +416,7 @@ int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k
             for (int32_t h = 0; h < Hkv; h++) items[n++] = (attn_item){(int32_t)s, h, r0, r1};
         }
     }
-    const attn_cache cache = {k_cache, v_cache, Hkv, BS, Dh, G, scale};
+    const attn_cache cache = {k_cache, v_cache, Hkv, BS, Dh, G, scale, window};
     simd = simd && cys_cpu_has_avx2() && Dh % 8 == 0;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && nitems > 1 && work * Hq * Dh >= CYS_ATTN_PAR_MIN_MACS)

@@ -66,6 +66,9 @@ int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads, i
 
 /* out[n] = silu(gate[n]) * up[n]; out may alias gate or up. */
 void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads, int simd);
+/* out[n] = gelu_tanh(gate[n]) * up[n] (GELU, tanh approximation: Gemma); out may alias gate or up. */
+void cys_gelu_tanh_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,
+                       int simd);
 /* a[n] += b[n]. */
 void cys_add(float *a, const float *b, int64_t n, int nthreads, int simd);
 
@@ -80,11 +83,12 @@ void cys_reshape_and_cache(const float *k, const float *v, int64_t T, uint16_t *
  * that every block a sequence reads is a valid block id and that q_len <= context_len.
  * Decodes (q_len 1) and prefill chunks (q_len > 1, reading the earlier context from the blocks)
  * mix freely; the q heads of one kv head are computed together and scratch does not grow with
- * the context length. Returns CYS_OK or CYS_ERR_NOMEM. */
+ * the context length. window > 0 is a sliding window: the query at position p sees only keys
+ * [p - window + 1, p] (and reads no others); 0 = all of 0..p. Returns CYS_OK or CYS_ERR_NOMEM. */
 int cys_paged_attention(const float *q, int64_t T, int64_t Hq, const uint16_t *k_cache,
                         const uint16_t *v_cache, int64_t Hkv, int64_t BS, int64_t Dh,
                         const int32_t *block_tables, int64_t max_blocks,
                         const int32_t *query_start_loc, const int32_t *context_lens, int64_t S,
-                        float scale, float *out, int nthreads, int simd);
+                        float scale, int64_t window, float *out, int nthreads, int simd);
 
 #endif /* CYS_KERNELS_H */
