@@ -181,6 +181,7 @@ class OpenAIApi:
             servicer = self._ready()
             body = await _read_body(receive, servicer.limits.max_message_bytes)
             call = self._parse(kind, body, servicer)
+            self._check(call, servicer)  # after `call` is known: errors name the caller's parameters
             request_id = next((m.value for m in metadata if m.key == REQUEST_ID_HEADER), None)
             for request in call.requests:
                 request.request_id = request.request_id or request_id or uuid.uuid4().hex
@@ -207,11 +208,13 @@ class OpenAIApi:
             raise MalformedBodyError(str(exc)) from None
         call = (chat_call(payload) if kind == "chat"
                 else completion_call(payload, servicer.limits.max_batch_size))
+        return call
+
+    def _check(self, call: GenerationCall, servicer: GenerationServicer) -> None:
         self._check_model(call.model, servicer.model_info)
         for request in call.requests:
             servicer.check_request(request)
         servicer.check_num_completions(call.num_completions, "n")
-        return call
 
     def _text_of(self, servicer: GenerationServicer) -> TokenText:
         if self._token_text is None:
