@@ -180,3 +180,36 @@ def test_while_draining_new_calls_are_503_and_calls_in_flight_finish(engine):
         assert first.choices[0].delta.role == "assistant"
         assert rest[-1].choices[0].finish_reason == "length"  # ran to its end within the grace
         stopping.result(60)
+
+
+def test_a_stream_dropped_mid_way_aborts_and_returns_every_block(engine):
+    """The client closes its connection after a few chunks: the request is aborted (it does not
+    run to max_tokens), its KV blocks come back, and the server keeps answering."""
+    with serving(engine, http_port=0) as server:
+        client = openai.OpenAI(base_url=server.http_address + "/v1", api_key="x", max_retries=0)
+        name = client.models.list().data[0].id
+        stream = client.chat.completions.create(model=name, messages=HI, max_tokens=2000, stream=True,
+                                                extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        for _ in range(3):
+            next(chunks)
+        assert engine.stats().num_running == 1
+        stream.close()  # drops the TCP connection mid-stream
+        assert wait_until(lambda: engine.stats().num_running == 0, timeout=20), "the request ran on"
+        assert wait_until(lambda: engine.stats().num_free_blocks == engine.stats().num_total_blocks)
+        again = client.chat.completions.create(model=name, messages=HI, max_tokens=2)
+        assert again.choices[0].message.content is not None
+
+
+def test_metrics_are_scraped_on_the_http_port_too_without_a_token(engine):
+    """An inference gateway's endpoint picker reads the queue and KV-cache gauges from the port it
+    routes to, with no token: the same exposition as --metrics-port."""
+    with serving(engine, http_port=0, metrics_port=0, auth_token="s3cret") as server:
+        r = httpx.get(server.http_address + "/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        names = {line.split("{")[0].split(" ")[0] for line in r.text.splitlines() if not line.startswith("#")}
+        assert {"cyserve:num_requests_waiting", "cyserve:num_requests_running",
+                "cyserve:kv_cache_usage_perc"} <= names, sorted(names)
+        scraped = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+        assert "cyserve:kv_cache_usage_perc" in scraped
+        assert httpx.get(server.http_address + "/v1/models").status_code == 401
