@@ -3,6 +3,8 @@
 503 with Retry-After while the model loads and while the server drains. No error leaks KV blocks."""
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import openai
 import pytest
@@ -213,3 +215,23 @@ def test_metrics_are_scraped_on_the_http_port_too_without_a_token(engine):
         scraped = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
         assert "cyserve:kv_cache_usage_perc" in scraped
         assert httpx.get(server.http_address + "/v1/models").status_code == 401
+
+
+def test_https_with_the_grpc_ports_certificate_and_token(engine, tmp_path):
+    """The HTTP API is served over TLS with the files gRPC uses, and with its bearer token."""
+    from cyserve.service.tls import TLSFiles, server_credentials
+
+    from .support import make_pki
+
+    make_pki(tmp_path)
+    cert, key = str(tmp_path / "server.pem"), str(tmp_path / "server.key")
+    with serving(engine, credentials=server_credentials(cert, key), http_port=0,
+                 http_tls=TLSFiles(cert, key), auth_token="s3cret") as server:
+        url = server.http_address.replace("127.0.0.1", "localhost")  # the name the certificate holds
+        assert url.startswith("https://")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))) as http:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0, http_client=http)
+            name = client.models.list().data[0].id
+            assert client.chat.completions.create(model=name, messages=HI, max_tokens=1).choices
+        with pytest.raises(httpx.TransportError):  # plaintext HTTP on the TLS port gets no answer
+            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
