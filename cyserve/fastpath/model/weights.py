@@ -95,6 +95,7 @@ class ModelWeights:
     chat_template: str = ""  # the file's own template ("" when it has none)
     reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it (None: not a GGUF)
     end_token_ids: tuple[int, ...] = ()  # ids that end a generation besides the tokenizer's (HF generation_config)
+    default_sampling: tuple[tuple[str, float], ...] = ()  # the model's recommended sampling (HF generation_config)
 
     @property
     def layer_attention(self) -> tuple[LayerAttention, ...]:
