@@ -10,7 +10,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from cyserve.kernels import reference as R
 from cyserve.kernels.cpu import quant_matmul as qm
 from cyserve.kernels.cpu import threads
-from kernel_data import F32_UNIT_ROUNDOFF, KQUANT_WTYPES, assert_within, make_weight, rng
+from kernel_data import (F32_UNIT_ROUNDOFF, KQUANT_WTYPES, assert_within, int8_matmul_tol, make_weight,
+                         rng)
 
 # odd row counts, every 4-row group tail; K of 1, 3 and 10 super-blocks
 SHAPES = [(1, 256), (5, 768), (13, 256), (38, 2560)]
@@ -225,3 +226,55 @@ def test_matmul_rejects_K_off_the_super_block():
         qm.matmul(np.ones((2, 256), np.float32), w, R.Q6_K, np.zeros((2, 8), np.float32))
     with pytest.raises(ValueError, match="multiple of 256"):
         qm.row_bytes(R.Q2_K, 128)
+
+
+# ---- the real file: Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q5_0 and Q8_0 tensors) ----
+
+GEMMA_TYPES = ["Q4_K", "Q6_K", "Q5_0", "Q8_0"]
+
+
+@pytest.fixture(scope="module")
+def gemma_tensors(gemma_path):
+    """type name -> up to 3 of the file's matrices as raw rows uint8[rows, row_bytes] (views into
+    the memory map; the vocabulary-sized embedding cut to 640 scattered rows)."""
+    from cyserve.fastpath.model.gguf_file import GGUFFile
+
+    f = GGUFFile(gemma_path)
+    out: dict[str, list[tuple[str, np.ndarray, int]]] = {name: [] for name in GEMMA_TYPES}
+    for t in f.tensors:
+        name = t.tensor_type.name
+        if name not in out or len(out[name]) == 3 or len(t.shape) != 2:
+            continue
+        K, rows = t.shape
+        w = t.data.reshape(rows, -1)
+        if rows > 4096:
+            w = w[np.linspace(0, rows - 1, 640).astype(np.int64)]
+        out[name].append((t.name, w, K))
+    return out
+
+
+@pytest.mark.parametrize("name", GEMMA_TYPES)
+def test_gemma_file_tensors_decode_as_gguf_does(gemma_tensors, name):
+    """Real tensors of every type the file holds: dequantize, get_rows and the matmul on both
+    twins against gguf's decoder and the references."""
+    wtype = int(GGMLQuantizationType[name])
+    assert len(gemma_tensors[name]) == 3
+    x = rng(wtype).standard_normal((3, 2048)).astype(np.float32)
+    for tname, w, K in gemma_tensors[name]:
+        expected = gguf_dequantize(w, wtype, K)
+        ids = np.array([0, w.shape[0] - 1, w.shape[0] // 3], np.int32)
+        xk = np.ascontiguousarray(x[:, :K])
+        for enabled in both_paths():
+            threads.set_simd(enabled)
+            try:
+                np.testing.assert_array_equal(qm.dequantize(w, wtype, K), expected, err_msg=tname)
+                rows = np.empty((3, K), np.float32)
+                qm.get_rows(w, wtype, K, ids, rows)
+                np.testing.assert_array_equal(rows, expected[ids], err_msg=tname)
+                got = matmul(xk, w, wtype)
+            finally:
+                threads.set_simd(True)
+            if wtype in KQUANT_WTYPES:
+                np.testing.assert_array_equal(got, R.matmul_q8k(xk, w, wtype), err_msg=tname)
+            else:
+                assert_within(got, R.matmul(xk, w, wtype), int8_matmul_tol(xk, w, wtype), tname)
