@@ -86,4 +86,5 @@ cdef class Tokenizer:
 cdef class IncrementalDecoder:
     cdef Tokenizer _tokenizer
     cdef bint _skip_special
+    cdef bint _strip_space        # drop the leading space the prefix rule made (until text comes)
     cdef bytes _pending

@@ -520,12 +520,18 @@ cdef class Tokenizer:
             free(out.data)
         return self.add_special_tokens(ids) if add_special else ids
 
-    def add_special_tokens(self, list ids):
-        """`ids` with the BOS the file asks for in front and its EOS at the end, each added once:
-        never before a BOS already there (chat templates often write it) or after an EOS."""
+    def with_bos(self, ids):
+        """`ids` as a prompt: with the BOS the file asks for (add_bos_token) in front, once: never
+        before a BOS already there (chat templates often write it themselves)."""
         ids = list(ids)
         if self.add_bos_token and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, self.bos_token_id)
+        return ids
+
+    def add_special_tokens(self, ids):
+        """`ids` with the BOS the file asks for in front (see with_bos) and its EOS
+        (add_eos_token) at the end, each added once."""
+        ids = self.with_bos(ids)
         if self.add_eos_token and self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
             ids.append(self.eos_token_id)
         return ids
@@ -586,12 +592,18 @@ cdef class Tokenizer:
 
 
 cdef class IncrementalDecoder:
-    """Streaming detokenizer: push() returns only complete UTF-8 characters; flush() the rest
-    (an unfinished character becomes U+FFFD). The concatenation equals Tokenizer.decode."""
+    """Streaming detokenizer: push() returns only complete UTF-8 characters (a character spelled
+    by several byte pieces, byte-level or <0xXX>, comes out whole); flush() the rest (an
+    unfinished character becomes U+FFFD).
 
-    def __init__(self, Tokenizer tokenizer not None, bint skip_special=False):
+    at_start: the ids begin a text, so the space a SentencePiece vocabulary's prefix rule put in
+    front is dropped, and the concatenation equals Tokenizer.decode. Without it (the default, for
+    generated tokens that continue a prompt) every "▁" is a space: " time" after "Once upon a"."""
+
+    def __init__(self, Tokenizer tokenizer not None, bint skip_special=False, bint at_start=False):
         self._tokenizer = tokenizer
         self._skip_special = skip_special
+        self._strip_space = at_start and tokenizer._space_prefix != PREFIX_NONE
         self._pending = b""
 
     def push(self, token_id):
@@ -600,6 +612,10 @@ cdef class IncrementalDecoder:
         if self._skip_special and self._tokenizer._special[i]:
             return ""
         data = self._pending + self._tokenizer._piece_bytes(i)
+        if self._strip_space and data:
+            self._strip_space = False
+            if data[0] == 0x20:
+                data = data[1:]
         cut = _utf8_complete_prefix(<const uint8_t*>data, len(data))
         self._pending = data[cut:]
         return PyUnicode_DecodeUTF8(<const char*>data, cut, "replace")
