@@ -86,3 +86,31 @@ def test_tiny_gemma3_window_is_what_transformers_applies(tmp_path):
     path = tiny_models.write_gguf(wide, str(tmp_path / "wide.gguf"), tiny_models.GEMMA3)
     runner = CpuModelRunner(load_gguf(path), num_blocks=8, block_size=BLOCK)
     check_against(chunked_logits(runner.forward, IDS), transformers_logits(wide, IDS), tiny_models.F32, "wide")
+
+
+ARCHITECTURES = {  # name -> (tiny transformers model, its conversion)
+    "llama": (tiny_models.llama, tiny_models.LLAMA),
+    "qwen2": (tiny_models.qwen2, tiny_models.QWEN2),
+    "qwen3": (tiny_models.qwen3, tiny_models.QWEN3),
+    "phi3": (tiny_models.phi3, tiny_models.PHI3),
+}
+
+
+@pytest.mark.parametrize("wtype", tiny_models.WTYPES)
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_tiny_gguf_matches_transformers(tmp_path, name, wtype):
+    build, conversion = ARCHITECTURES[name]
+    model = build(seed=2)
+    path = tiny_models.write_gguf(model, str(tmp_path / f"{name}.gguf"), conversion, wtype)
+    weights = load_gguf(path)
+    assert weights.config.architecture == name
+    assert (weights.output is weights.token_embd) == bool(model.config.tie_word_embeddings)
+    ref = transformers_logits(tiny_models.as_stored(model, wtype), IDS)
+    runner = CpuModelRunner(weights, num_blocks=8, block_size=BLOCK, max_num_tokens=32)
+    check_against(chunked_logits(runner.forward, IDS), ref, wtype, f"{name} {wtype} native")
+    if wtype == tiny_models.F32:
+        from cyserve.fastpath.model.torch_runner import TorchModelRunner
+
+        torch_runner = TorchModelRunner(weights, 8, BLOCK, device="cpu")
+        got = chunked_logits(lambda inputs: torch_runner.forward(inputs).numpy(), IDS)
+        check_against(got, ref, wtype, f"{name} F32 torch runner")

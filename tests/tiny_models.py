@@ -70,6 +70,24 @@ def sentencepiece_vocab(writer: gguf.GGUFWriter, vocab_size: int, add_space_pref
         writer.add_add_space_prefix(add_space_prefix)
 
 
+def gpt2_vocab(writer: gguf.GGUFWriter, vocab_size: int, pre: str) -> None:
+    """A GPT-2-type (byte-level BPE) vocabulary with the pre-tokenizer `pre` names: printable
+    byte symbols, a few merges, and the last two ids as begin and end of text."""
+    symbols = [chr(c) for c in range(ord("!"), ord("~") + 1)] + ["Ġ", "Ċ"]
+    merges = ["Ġ t", "Ġ a", "h e", "i n", "Ġt he"]
+    tokens = symbols + [m.replace(" ", "") for m in merges]
+    tokens += [f"<extra_{i}>" for i in range(vocab_size)]
+    tokens = tokens[:vocab_size - 2] + ["<|begin_of_text|>", "<|end_of_text|>"]
+    types = [gguf.TokenType.NORMAL] * (vocab_size - 2) + [gguf.TokenType.CONTROL] * 2
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([int(t) for t in types])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(vocab_size - 2)
+    writer.add_eos_token_id(vocab_size - 1)
+
+
 # ---- architectures: what the converter's class for each one does ----
 
 TensorEdit = Callable[[str, np.ndarray, dict], np.ndarray]
@@ -79,10 +97,55 @@ def _keep(name: str, values: np.ndarray, hparams: dict) -> np.ndarray:
     return values
 
 
+def _rope_theta(hp: dict, layer_type: str | None = None) -> float:
+    """The rotary base of a transformers config, as 4.x (rope_theta) or 5.x (rope_parameters) has it."""
+    params = hp.get("rope_parameters") or {}
+    if layer_type is not None:
+        params = params[layer_type]
+    return float(hp.get("rope_theta") or params.get("rope_theta", 10000.0))
+
+
+def _plain_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
+    """TextModel.set_gguf_parameters' rotary base (Qwen2Model and Qwen3Model add nothing else
+    without rope scaling)."""
+    writer.add_rope_freq_base(_rope_theta(hp))
+
+
+def _llama_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
+    """LlamaModel.set_gguf_parameters: the vocabulary size and the rotary width besides."""
+    _plain_metadata(writer, hp)
+    writer.add_vocab_size(hp["vocab_size"])
+    writer.add_rope_dimension_count(hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"])
+
+
+def permute_for_interleaved_rope(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """LlamaModel.permute: the rows of each head reordered from Hugging Face's NeoX halves
+    (i, i + d/2) to the interleaved pairs (2i, 2i + 1) that llama's rotary in GGUF expects."""
+    rows = w.shape[0]
+    return w.reshape(num_heads, 2, rows // num_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _llama_tensor(name: str, values: np.ndarray, hp: dict) -> np.ndarray:
+    if name.endswith("attn_q.weight"):
+        return permute_for_interleaved_rope(values, hp["num_attention_heads"])
+    if name.endswith("attn_k.weight"):
+        return permute_for_interleaved_rope(values, hp.get("num_key_value_heads") or hp["num_attention_heads"])
+    return values
+
+
+def _phi3_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
+    """Phi3MiniModel.set_gguf_parameters: the trained context, the rotary width and base, and the
+    window (0 when the config has none)."""
+    writer.add_rope_scaling_orig_ctx_len(hp.get("original_max_position_embeddings") or hp["max_position_embeddings"])
+    writer.add_rope_dimension_count(hp["hidden_size"] // hp["num_attention_heads"])
+    writer.add_rope_freq_base(_rope_theta(hp))
+    writer.add_sliding_window(hp.get("sliding_window") or 0)
+
+
 def _gemma3_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
     """Gemma3Model.set_gguf_parameters: head widths, the global rotary base, the window; no
     query_pre_attn_scalar (the loader derives the scale, as llama.cpp does)."""
-    writer.add_rope_freq_base(hp["rope_parameters"]["full_attention"]["rope_theta"])
+    writer.add_rope_freq_base(_rope_theta(hp, "full_attention"))
     writer.add_sliding_window(hp["sliding_window"])
     if hp.get("final_logit_softcapping"):
         writer.add_final_logit_softcapping(hp["final_logit_softcapping"])
@@ -111,6 +174,10 @@ class Conversion:
 
 GEMMA3 = Conversion(gguf.MODEL_ARCH.GEMMA3, _gemma3_metadata, _gemma3_tensor,
                     vocab=lambda w, n: sentencepiece_vocab(w, n, add_space_prefix=False))
+LLAMA = Conversion(gguf.MODEL_ARCH.LLAMA, _llama_metadata, _llama_tensor)  # Llama 2 / Mistral: SentencePiece
+QWEN2 = Conversion(gguf.MODEL_ARCH.QWEN2, _plain_metadata, vocab=lambda w, n: gpt2_vocab(w, n, "qwen2"))
+QWEN3 = Conversion(gguf.MODEL_ARCH.QWEN3, _plain_metadata, vocab=lambda w, n: gpt2_vocab(w, n, "qwen2"))
+PHI3 = Conversion(gguf.MODEL_ARCH.PHI3, _phi3_metadata)
 
 
 # ---- the writer ----
@@ -203,3 +270,49 @@ def gemma3(seed: int = 0, sliding_window: int = 6, num_layers: int = 7, softcap:
     model = Gemma3ForCausalLM(config).eval()
     randomize(model, seed, norm_center=0.0)
     return model
+
+
+def _small(config_cls, **overrides):
+    """A config of the common tiny shape: hidden 64, 4 heads of 16 over 2 kv heads, 3 layers."""
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=94,
+                eos_token_id=95, pad_token_id=0, attn_implementation="eager")
+    return config_cls(**(base | overrides))
+
+
+def _built(model_cls, config, seed: int):
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    randomize(model, seed)
+    return model
+
+
+def llama(seed: int = 0):
+    """Llama 2 / Mistral shape: untied output, interleaved rotary in the file."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _built(LlamaForCausalLM, _small(LlamaConfig, tie_word_embeddings=False, bos_token_id=2,
+                                           eos_token_id=1), seed)
+
+
+def qwen2(seed: int = 0):
+    """Qwen2.5 shape: q/k/v biases, tied embeddings, rotary base 1e6."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return _built(Qwen2ForCausalLM, _small(Qwen2Config, tie_word_embeddings=True, rope_theta=1e6), seed)
+
+
+def qwen3(seed: int = 0):
+    """Qwen3 shape: per-head q/k RMSNorm, heads of 32 (q: 128 columns over a hidden of 64), untied."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _built(Qwen3ForCausalLM, _small(Qwen3Config, head_dim=32, tie_word_embeddings=False,
+                                           rope_theta=1e6), seed)
+
+
+def phi3(seed: int = 0):
+    """Phi-3 mini shape: fused qkv and gate/up, no sliding window."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    return _built(Phi3ForCausalLM, _small(Phi3Config, tie_word_embeddings=False, sliding_window=None,
+                                          bos_token_id=1, eos_token_id=2), seed)

@@ -169,21 +169,35 @@ def _optional_vectors(tensors: dict, i: int, cfg: ModelConfig, arch: Architectur
     return {field: _vector(tensors, p + name, path, size) for field, (name, size) in wanted.items()}
 
 
+def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
+    """A fused tensor's parts, consecutive runs of `sizes` rows: views of the same bytes."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
+        start += size
+    return tuple(parts)
+
+
 def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> LayerWeights:
     p = f"blk.{i}."
-    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    h, kv, ffn = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     q = cfg.num_heads * cfg.head_dim
     w = lambda n, r, c: _check_shape(_weight(tensors, p + n, path), r, c, path)  # noqa: E731
+    if p + "attn_qkv.weight" in tensors:  # Phi-3: q, k and v rows in one tensor
+        wq, wk, wv = split_rows(w("attn_qkv.weight", q + 2 * kv, h), (q, kv, kv))
+    else:
+        wq, wk, wv = w("attn_q.weight", q, h), w("attn_k.weight", kv, h), w("attn_v.weight", kv, h)
+    if p + "ffn_gate.weight" not in tensors and p + "ffn_up.weight" in tensors:  # Phi-3: gate rows, then up
+        w_gate, w_up = split_rows(w("ffn_up.weight", 2 * ffn, h), (ffn, ffn))
+    else:
+        w_gate, w_up = w("ffn_gate.weight", ffn, h), w("ffn_up.weight", ffn, h)
     return LayerWeights(
         attn_norm=_vector(tensors, p + "attn_norm.weight", path, h),
-        wq=w("attn_q.weight", q, h),
-        wk=w("attn_k.weight", kv, h),
-        wv=w("attn_v.weight", kv, h),
+        wq=wq, wk=wk, wv=wv,
         wo=w("attn_output.weight", h, q),
         ffn_norm=_vector(tensors, p + "ffn_norm.weight", path, h),
-        w_gate=w("ffn_gate.weight", cfg.intermediate_size, h),
-        w_up=w("ffn_up.weight", cfg.intermediate_size, h),
-        w_down=w("ffn_down.weight", h, cfg.intermediate_size),
+        w_gate=w_gate, w_up=w_up,
+        w_down=w("ffn_down.weight", h, ffn),
         **_optional_vectors(tensors, i, cfg, arch, path),
     )
 
