@@ -12,6 +12,8 @@ wherever the reference's best logit leads its second by more than 0.05 (F32/F16)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,7 @@ def test_tiny_gemma3_window_is_what_transformers_applies(tmp_path):
 
 ARCHITECTURES = {  # name -> (tiny transformers model, its conversion)
     "llama": (tiny_models.llama, tiny_models.LLAMA),
+    "llama3": (tiny_models.llama3, tiny_models.LLAMA3),
     "qwen2": (tiny_models.qwen2, tiny_models.QWEN2),
     "qwen3": (tiny_models.qwen3, tiny_models.QWEN3),
     "phi3": (tiny_models.phi3, tiny_models.PHI3),
@@ -103,7 +106,8 @@ def test_tiny_gguf_matches_transformers(tmp_path, name, wtype):
     model = build(seed=2)
     path = tiny_models.write_gguf(model, str(tmp_path / f"{name}.gguf"), conversion, wtype)
     weights = load_gguf(path)
-    assert weights.config.architecture == name
+    assert weights.config.architecture == conversion.name
+    assert (weights.rope_freqs is not None) == (name == "llama3")
     assert (weights.output is weights.token_embd) == bool(model.config.tie_word_embeddings)
     ref = transformers_logits(tiny_models.as_stored(model, wtype), IDS)
     runner = CpuModelRunner(weights, num_blocks=8, block_size=BLOCK, max_num_tokens=32)
@@ -114,3 +118,17 @@ def test_tiny_gguf_matches_transformers(tmp_path, name, wtype):
         torch_runner = TorchModelRunner(weights, 8, BLOCK, device="cpu")
         got = chunked_logits(lambda inputs: torch_runner.forward(inputs).numpy(), IDS)
         check_against(got, ref, wtype, f"{name} F32 torch runner")
+
+
+def test_tiny_llama3_rope_factors_are_read(tmp_path):
+    """The file's rope_freqs move the logits, and we follow them: the same weights without the
+    tensor differ from transformers' llama3 forward."""
+    model = tiny_models.llama3(seed=2)
+    path = tiny_models.write_gguf(model, str(tmp_path / "llama3.gguf"), tiny_models.LLAMA3)
+    weights = load_gguf(path)
+    np.testing.assert_allclose(weights.rope_freqs, 1.0 / model.model.rotary_emb.inv_freq.numpy()
+                               * 10000.0 ** (-np.arange(0, 16, 2) / 16), rtol=1e-5)
+    without = dataclasses.replace(weights, rope_freqs=None)
+    ref = transformers_logits(model, IDS)
+    got = chunked_logits(CpuModelRunner(without, 8, BLOCK, max_num_tokens=32).forward, IDS)
+    assert np.abs(got - ref).max() > 0.1

@@ -133,6 +133,26 @@ def _llama_tensor(name: str, values: np.ndarray, hp: dict) -> np.ndarray:
     return values
 
 
+def llama3_rope_factors(hp: dict) -> np.ndarray:
+    """LlamaModel.generate_extra_tensors for rope_type llama3: per pair, 1 for wavelengths under
+    original_context / high_freq_factor, `factor` over original_context / low_freq_factor, and a
+    smooth blend between."""
+    rope = hp.get("rope_scaling") or hp["rope_parameters"]
+    head_dim = hp.get("head_dim") or hp["hidden_size"] // hp["num_attention_heads"]
+    freqs = 1.0 / _rope_theta(hp) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    context = rope.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * np.pi / freqs
+    smooth = (context / wavelen - low) / (high - low)
+    blended = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < context / high, 1.0, np.where(wavelen > context / low, factor, blended))
+    return out.astype(np.float32)
+
+
+def _llama3_extra(hp: dict) -> Iterator[tuple[str, np.ndarray]]:
+    yield "rope_freqs.weight", llama3_rope_factors(hp)
+
+
 def _phi3_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
     """Phi3MiniModel.set_gguf_parameters: the trained context, the rotary width and base, and the
     window (0 when the config has none)."""
@@ -175,6 +195,8 @@ class Conversion:
 GEMMA3 = Conversion(gguf.MODEL_ARCH.GEMMA3, _gemma3_metadata, _gemma3_tensor,
                     vocab=lambda w, n: sentencepiece_vocab(w, n, add_space_prefix=False))
 LLAMA = Conversion(gguf.MODEL_ARCH.LLAMA, _llama_metadata, _llama_tensor)  # Llama 2 / Mistral: SentencePiece
+LLAMA3 = Conversion(gguf.MODEL_ARCH.LLAMA, _llama_metadata, _llama_tensor, extra_tensors=_llama3_extra,
+                    vocab=lambda w, n: gpt2_vocab(w, n, "llama-bpe"))
 QWEN2 = Conversion(gguf.MODEL_ARCH.QWEN2, _plain_metadata, vocab=lambda w, n: gpt2_vocab(w, n, "qwen2"))
 QWEN3 = Conversion(gguf.MODEL_ARCH.QWEN3, _plain_metadata, vocab=lambda w, n: gpt2_vocab(w, n, "qwen2"))
 PHI3 = Conversion(gguf.MODEL_ARCH.PHI3, _phi3_metadata)
@@ -316,3 +338,13 @@ def phi3(seed: int = 0):
 
     return _built(Phi3ForCausalLM, _small(Phi3Config, tie_word_embeddings=False, sliding_window=None,
                                           bos_token_id=1, eos_token_id=2), seed)
+
+
+def llama3(seed: int = 0):
+    """Llama 3.1 shape: rope_type llama3 (factor 8), with an original context of 32 so the
+    factors move pairs the 40-token test sequence turns visibly."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=32)
+    return _built(LlamaForCausalLM, _small(LlamaConfig, tie_word_embeddings=True, rope_parameters=rope), seed)

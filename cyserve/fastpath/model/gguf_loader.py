@@ -122,8 +122,6 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
     if vocab <= 0:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
     head_dim = _head_dim(reader, arch, hidden, heads, path)
-    if "rope_freqs.weight" in tensors:
-        raise ModelLoadError(path, "rope frequency factors (rope_freqs.weight, llama-3.1 style scaling) are not supported yet")
     num_layers = int(_field(reader, f"{arch}.block_count", path))
     return ModelConfig(
         name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
@@ -202,6 +200,17 @@ def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: st
     )
 
 
+def _rope_freqs(tensors: dict, cfg: ModelConfig, path: str) -> np.ndarray | None:
+    """Llama 3.1's rope scaling: the converter's rope_freqs tensor, f32[head_dim / 2] divisors of
+    the rotary frequencies (every layer's blk.N.rope_freqs, where present, is the same tensor)."""
+    if "rope_freqs.weight" not in tensors:
+        return None
+    factors = _vector(tensors, "rope_freqs.weight", path, cfg.head_dim // 2)
+    if not (np.isfinite(factors).all() and (factors > 0).all()):
+        raise ModelLoadError(path, "tensor 'rope_freqs.weight' must hold finite factors > 0")
+    return factors
+
+
 def load_gguf(path: str) -> ModelWeights:
     """Open `path` memory-mapped and check that cyserve can serve it; raise ModelLoadError if not."""
     path = os.fspath(path)
@@ -216,11 +225,13 @@ def load_gguf(path: str) -> ModelWeights:
             output = _check_shape(_weight(tensors, "output.weight", path), cfg.vocab_size, cfg.hidden_size, path)
         layers = tuple(_layer(tensors, i, cfg, arch, path) for i in range(cfg.num_layers))
         norm = _vector(tensors, "output_norm.weight", path, cfg.hidden_size)
+        rope_freqs = _rope_freqs(tensors, cfg, path)
     except ModelLoadError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(path, f"malformed metadata or tensor: {exc}") from exc
     template = reader.fields.get("tokenizer.chat_template")
     return ModelWeights(path, cfg, arch, embd, layers, norm, output,
-                        chat_template=str(template.contents()) if template else "", reader=reader)
+                        chat_template=str(template.contents()) if template else "", reader=reader,
+                        rope_freqs=rope_freqs)
 
