@@ -42,7 +42,8 @@ cdef extern from "cys_kernels.h" nogil:
     void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
                       float *out, int nthreads, int simd)
     int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads,
-                 int64_t head_dim, double theta, int neox, int nthreads, int simd)
+                 int64_t head_dim, double theta, const float *freq_factors, int neox, int nthreads,
+                 int simd)
     void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,
                       int simd)
     void cys_gelu_tanh_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,

@@ -73,10 +73,11 @@ int cys_quantize_act_q8k(const float *x, int64_t T, int64_t K, int8_t *q, float 
 void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
                   float *out, int nthreads, int simd);
 
-/* In-place rotary embedding of x[T, num_heads * head_dim] (head_dim even).
+/* In-place rotary embedding of x[T, num_heads * head_dim] (head_dim even), pair i at angle
+ * pos * theta^(-2i/head_dim) / freq_factors[i] (freq_factors: f32[head_dim/2] or NULL for 1).
  * neox = 0: pairs (2i, 2i+1) (GGUF/llama.cpp); neox = 1: pairs (i, i + head_dim/2). */
 int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads, int64_t head_dim,
-             double theta, int neox, int nthreads, int simd);
+             double theta, const float *freq_factors, int neox, int nthreads, int simd);
 
 /* out[n] = silu(gate[n]) * up[n]; out may alias gate or up. */
 void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads, int simd);
