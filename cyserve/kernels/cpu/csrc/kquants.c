@@ -31,8 +31,7 @@ static void scale_min_k4(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 
-/* sc[16] and mn[16] per 16-element sub-block, d and dm, of one super-block. */
-static void kq_scales(int wtype, const uint8_t *p, int sc[16], int mn[16], float *d, float *dm) {
+void kq_scales(int wtype, const uint8_t *p, int sc[16], int mn[16], float *d, float *dm) {
     switch (wtype) {
     case CYS_TYPE_Q2_K:
         for (int s = 0; s < 16; s++) {

@@ -34,6 +34,9 @@ static inline int kq_has_min(int wtype) {
     return wtype == CYS_TYPE_Q2_K || wtype == CYS_TYPE_Q4_K || wtype == CYS_TYPE_Q5_K;
 }
 
+/* sc[16] and mn[16] per 16-element sub-block, d and dm, of the super-block at p. */
+void kq_scales(int wtype, const uint8_t *p, int sc[16], int mn[16], float *d, float *dm);
+
 /* Bytes of one super-block of wtype (a K-quant), 0 otherwise. */
 int64_t kq_block_bytes(int wtype);
 

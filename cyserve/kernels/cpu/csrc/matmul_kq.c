@@ -10,12 +10,16 @@
  * numpy reference (reference_kquants.matmul_q8k) agree bit for bit, and a token's output does not
  * depend on its batch, the tile it falls in or the thread count.
  *
- * AVX2: parallel over groups of 4 rows; a group's super-blocks are unpacked once (kq_unpack_avx2)
- * into an L1 buffer, then 4 rows x 2 tokens register tiles run over it for every token of an x
- * chunk sized to stay in L2 (maddubs u8 x s8 -> i16 pairs, madd with the scales -> i32).
+ * AVX2, up to KQ_FEW_MAX_T tokens (decode): parallel over rows; each super-block is decoded
+ * straight into registers, 32 codes at a time, and meets up to 4 tokens (maddubs u8 x s8 -> i16
+ * pairs, madd with the scales -> i32), so the weights are read once with nothing stored between.
+ * AVX2, more tokens: parallel over groups of 4 rows; a group's super-blocks are unpacked once
+ * (kq_unpack_avx2) into an L1 buffer, then 4 rows x 2 tokens register tiles run over it for every
+ * token of an x chunk sized to stay in L2. Both paths make the same integers.
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "act_q8.h"
 #include "cys_kernels.h"
@@ -25,6 +29,8 @@
 
 #define KQ_TILE_R 4                   /* rows unpacked together */
 #define KQ_TILE_C 2                   /* tokens per register tile */
+#define KQ_FEW_T 4                    /* tokens per pass of a row decoded in registers */
+#define KQ_FEW_MAX_T 8                /* up to this many tokens, decode super-blocks in registers */
 #define KQ_X_CHUNK_BYTES (192 * 1024) /* quantized x per pass: stays in L2 */
 #define KQ_PAR_MIN_MACS (1 << 17)     /* smaller products run on the calling thread */
 #define KQ_QUANT_PAR_MIN (1 << 15)    /* x elements from which threads share the quantization */
@@ -157,6 +163,171 @@ CYS_AVX2_INLINE void kq_group_dispatch(const int has_min, int nr, const kq_block
     }
 }
 
+/* ---- AVX2, few tokens: super-blocks decoded in registers ---- */
+
+/* A super-block's scales for the in-register dot product: sc per 16-element sub-block, mn as the
+ * 16 int16 lanes that meet bsums, d and dm (the values kq_scales gives). */
+typedef struct {
+    int16_t sc[16];
+    __m256i mn;
+    float d, dm;
+} kq_scales_t;
+
+CYS_AVX2_INLINE void scales_avx2(const int wtype, const uint8_t *p, kq_scales_t *s) {
+    switch (wtype) {
+    case CYS_TYPE_Q4_K:
+    case CYS_TYPE_Q5_K: {
+        /* 12 bytes as three words: scales 0..3 / mins 0..3 in the low 6 bits of words 0 / 1,
+         * scales 4..7 / mins 4..7 from word 2's nibbles and the top 2 bits of words 0 / 1 */
+        uint32_t w[3], b[4];
+        memcpy(w, p + offsetof(block_q4_K, scales), 12);
+        b[0] = w[0] & 0x3F3F3F3Fu;
+        b[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+        b[2] = w[1] & 0x3F3F3F3Fu;
+        b[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+        const __m128i v = _mm_loadu_si128((const __m128i *)b); /* 8 scales, then 8 mins, per 32 */
+        _mm256_storeu_si256((__m256i *)s->sc, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v)));
+        s->mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
+        s->d = _cvtsh_ss(cys_read_half(p + offsetof(block_q4_K, d)));
+        s->dm = _cvtsh_ss(cys_read_half(p + offsetof(block_q4_K, dmin)));
+        return;
+    }
+    case CYS_TYPE_Q6_K: {
+        const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + offsetof(block_q6_K, scales))));
+        _mm256_storeu_si256((__m256i *)s->sc, sc);
+        s->mn = _mm256_slli_epi16(sc, 5); /* 32 sc: |sc| <= 128 fits */
+        s->d = s->dm = _cvtsh_ss(cys_read_half(p + offsetof(block_q6_K, d)));
+        return;
+    }
+    case CYS_TYPE_Q2_K: {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(p + offsetof(block_q2_K, scales)));
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        _mm256_storeu_si256((__m256i *)s->sc, _mm256_cvtepu8_epi16(_mm_and_si128(v, m4)));
+        s->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4));
+        s->d = _cvtsh_ss(cys_read_half(p + offsetof(block_q2_K, d)));
+        s->dm = _cvtsh_ss(cys_read_half(p + offsetof(block_q2_K, dmin)));
+        return;
+    }
+    default: { /* Q3_K: 16 6-bit scales (stored + 32), low nibbles in bytes 0..7, top 2 bits in 8..11 */
+        uint32_t w[3], b[4];
+        memcpy(w, p + offsetof(block_q3_K, scales), 12);
+        for (int q = 0; q < 4; q++) /* scales 4q .. 4q+3 */
+            b[q] = ((w[q & 1] >> (4 * (q >> 1))) & 0x0F0F0F0Fu) | (((w[2] >> (2 * q)) & 0x03030303u) << 4);
+        const __m256i sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)b)),
+                                            _mm256_set1_epi16(32));
+        _mm256_storeu_si256((__m256i *)s->sc, sc);
+        s->mn = _mm256_slli_epi16(sc, 2); /* 4 sc */
+        s->d = s->dm = _cvtsh_ss(cys_read_half(p + offsetof(block_q3_K, d)));
+        return;
+    }
+    }
+}
+
+/* 32 bytes, byte l = 1 << shift where bit `bit` of plane[l] is set. */
+CYS_AVX2_INLINE __m256i bit_plane(__m256i plane, int bit, int shift) {
+    const __m256i m = _mm256_set1_epi8((char)(1 << bit));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(plane, m), m), _mm256_set1_epi8((char)(1 << shift)));
+}
+
+/* The unsigned codes u of elements 32v .. 32v+31 of the super-block at p (kquants.h), the bytes
+ * kq_unpack_avx2 writes there. */
+CYS_AVX2_INLINE __m256i codes32(const int wtype, const uint8_t *p, const int v) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int h = v / 4, j = v % 4;
+    switch (wtype) {
+    case CYS_TYPE_Q2_K: {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q2_K, qs) + 32 * h));
+        return _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), _mm256_set1_epi8(3));
+    }
+    case CYS_TYPE_Q3_K: {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q3_K, qs) + 32 * h));
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q3_K, hmask)));
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * j), _mm256_set1_epi8(3)),
+                               bit_plane(hm, v, 2));
+    }
+    case CYS_TYPE_Q4_K:
+    case CYS_TYPE_Q5_K: {
+        const int q5 = wtype == CYS_TYPE_Q5_K;
+        const uint8_t *qs = p + (q5 ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs));
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * (v / 2)));
+        __m256i u = _mm256_and_si256(v & 1 ? _mm256_srli_epi16(q, 4) : q, m4);
+        if (q5) u = _mm256_or_si256(u, bit_plane(_mm256_loadu_si256((const __m256i *)(p + offsetof(block_q5_K, qh))), v, 4));
+        return u;
+    }
+    default: { /* Q6_K: low nibbles of ql, two high bits of qh at bits 2j */
+        const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q6_K, ql) + 64 * h + 32 * (j & 1)));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q6_K, qh) + 32 * h));
+        const __m256i lo = _mm256_and_si256(j >= 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+        const __m256i hi = j == 0 ? _mm256_slli_epi16(qh, 4) : j == 1 ? _mm256_slli_epi16(qh, 2)
+                         : j == 2 ? qh : _mm256_srli_epi16(qh, 2);
+        return _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
+    }
+    }
+}
+
+/* One weight row x nc tokens from t0: the same integers and f32 steps as kq_tile. */
+CYS_AVX2_INLINE void row_few(const int wtype, const int nc, const uint8_t *row, int64_t bb,
+                             const actk_t *a, int64_t t0, float *out, int64_t N) {
+    const int64_t K = a->K, nb = a->nb;
+    const int has_min = kq_has_min(wtype);
+    float acc[KQ_FEW_T];
+    for (int c = 0; c < nc; c++) acc[c] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + b * bb;
+        kq_scales_t s;
+        scales_avx2(wtype, p, &s);
+        __m256i is[KQ_FEW_T];
+        for (int c = 0; c < nc; c++) is[c] = _mm256_setzero_si256();
+        const int8_t *xb = a->q + t0 * K + b * QK_K;
+        for (int v = 0; v < 8; v++) {
+            const __m256i u = codes32(wtype, p, v);
+            const __m256i se = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * v + 1]), _mm_set1_epi16(s.sc[2 * v]));
+            for (int c = 0; c < nc; c++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(xb + c * K + 32 * v));
+                is[c] = _mm256_add_epi32(is[c], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), se));
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bs + (t0 + c) * (K / 16) + b * 16));
+            const __m256i ms = _mm256_madd_epi16(s.mn, bs);
+            const float dx = a->d[(t0 + c) * nb + b];
+            if (has_min)
+                acc[c] = kq_accumulate(1, acc[c], dx, s.d, s.dm, hsum_epi32(is[c]), hsum_epi32(ms));
+            else
+                acc[c] = kq_accumulate(0, acc[c], dx, s.d, s.dm, hsum_epi32(_mm256_sub_epi32(is[c], ms)), 0);
+        }
+    }
+    for (int c = 0; c < nc; c++) out[(t0 + c) * N] = acc[c];
+}
+
+/* T <= KQ_FEW_MAX_T: each thread takes whole rows and every token of them, KQ_FEW_T at a time. */
+CYS_AVX2_INLINE void rows_few(const int wtype, const actk_t *a, int64_t T, const uint8_t *w,
+                              int64_t rb, int64_t N, float *out) {
+    const int64_t bb = kq_block_bytes(wtype);
+#pragma omp for schedule(static) nowait
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t t0 = 0; t0 < T; t0 += KQ_FEW_T) {
+            switch (T - t0) {
+            case 1: row_few(wtype, 1, w + n * rb, bb, a, t0, out + n, N); break;
+            case 2: row_few(wtype, 2, w + n * rb, bb, a, t0, out + n, N); break;
+            case 3: row_few(wtype, 3, w + n * rb, bb, a, t0, out + n, N); break;
+            default: row_few(wtype, 4, w + n * rb, bb, a, t0, out + n, N); break;
+            }
+        }
+    }
+}
+
+CYS_AVX2 static void matmul_rows_few_avx2(const actk_t *a, int64_t T, const uint8_t *w, int64_t rb,
+                                          int wtype, int64_t N, float *out) {
+    switch (wtype) {
+    case CYS_TYPE_Q2_K: rows_few(CYS_TYPE_Q2_K, a, T, w, rb, N, out); break;
+    case CYS_TYPE_Q3_K: rows_few(CYS_TYPE_Q3_K, a, T, w, rb, N, out); break;
+    case CYS_TYPE_Q4_K: rows_few(CYS_TYPE_Q4_K, a, T, w, rb, N, out); break;
+    case CYS_TYPE_Q5_K: rows_few(CYS_TYPE_Q5_K, a, T, w, rb, N, out); break;
+    default: rows_few(CYS_TYPE_Q6_K, a, T, w, rb, N, out); break;
+    }
+}
+
 /* Runs inside the caller's parallel region (orphaned worksharing), after x is quantized. */
 CYS_AVX2 static void matmul_rows_avx2(const actk_t *a, int64_t T, const uint8_t *w, int64_t rb,
                                       int wtype, int64_t N, float *out, int *failed) {
@@ -207,7 +378,8 @@ int cys_matmul_kq(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < T; t++) cys_quantize_act_q8k_rows(x, t, t + 1, K, q, d, bs, simd);
         }
-        if (simd) matmul_rows_avx2(&a, T, w, row_bytes, wtype, N, out, &failed);
+        if (simd && T <= KQ_FEW_MAX_T) matmul_rows_few_avx2(&a, T, w, row_bytes, wtype, N, out);
+        else if (simd) matmul_rows_avx2(&a, T, w, row_bytes, wtype, N, out, &failed);
         else matmul_rows_scalar(&a, T, w, row_bytes, wtype, N, out, &failed);
     }
     return failed ? CYS_ERR_NOMEM : CYS_OK;
