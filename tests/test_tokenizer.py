@@ -12,6 +12,7 @@ Two oracles, both from `AutoTokenizer.from_pretrained(dir, gguf_file=...)`:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import random
@@ -392,3 +393,66 @@ def test_tiny_vocabulary_merges_by_rank():
     assert [tok.id_to_piece(i) for i in ids] == ["a", "bc", "Ġ", "ab", "Ġa", "<|x|>"]
     assert tok.decode(ids) == "abc ab a<|x|>"
     assert tok.decode(ids, skip_special=True) == "abc ab a"
+
+
+# -- byte-level BPE with each pre-tokenizer name: SmolLM2's vocabulary and merges, split by the
+# -- regex the name stands for, against `tokenizers` configured with that regex (Split + ByteLevel)
+
+_PRE_REGEX = {"gpt2": "gpt2", "gpt-2": "gpt2", "default": "gpt2", "phi-2": "gpt2", "smollm": "smollm",
+              "llama-bpe": "llama3", "llama3": "llama3", "qwen2": "qwen2", "deepseek-r1-qwen": "qwen2"}
+
+
+@pytest.fixture(scope="module")
+def tok_pre(reader):
+    return functools.cache(lambda pre: Tokenizer.from_gguf(reader, pre=pre))
+
+
+@pytest.fixture(scope="module")
+def ref_pre(ref, splitters):
+    tokenizers = pytest.importorskip("tokenizers")
+
+    def build(kind):
+        backend = tokenizers.Tokenizer.from_str(ref.backend_tokenizer.to_str())
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
+            [splitters[kind], tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        return backend
+
+    return functools.cache(build)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("pre", sorted(_PRE_REGEX))
+def test_encode_each_pre_tokenizer_matches_reference(tok_pre, ref_pre, pre):
+    tok, ref_backend = tok_pre(pre), ref_pre(_PRE_REGEX[pre])
+    assert tok.pre == pre
+    for text in CORPUS + ["x'ſa", "a\r\n\r\n  b", "  \n\t x", "!!\n\nx", "12345678", "I'M here", "ab1234567c"]:
+        assert tok.encode(text) == ref_backend.encode(text, add_special_tokens=False).ids, (pre, text)
+
+
+@pytest.mark.oracle
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_texts)
+def test_encode_each_pre_tokenizer_property(tok_pre, ref_pre, text):
+    for pre in ("llama-bpe", "qwen2", "gpt-2"):
+        assert tok_pre(pre).encode(text) == ref_pre(_PRE_REGEX[pre]).encode(text, add_special_tokens=False).ids, pre
+
+
+def test_unknown_pre_tokenizer_is_a_model_load_error(model_path, tmp_path):
+    """The loader names the file, the unknown pre-tokenizer and the supported ones."""
+    from cyserve.fastpath.errors import ModelLoadError
+    from cyserve.fastpath.loading import load_tokenizer
+    from cyserve.fastpath.model.gguf_file import GGUFFile
+
+    class Model:
+        path = model_path
+        reader = _RenamedPre(GGUFFile(model_path), "tekken")
+
+    with pytest.raises(ModelLoadError, match=r"tokenizer: unsupported pre-tokenizer 'tekken'.*'gpt-2'.*'llama-bpe'.*'qwen2'"):
+        load_tokenizer(Model())     # type: ignore[arg-type]
+
+
+class _RenamedPre:
+    """A reader whose tokenizer.ggml.pre reads `pre`."""
+
+    def __init__(self, reader, pre: str) -> None:
+        self.fields = {**reader.fields, "tokenizer.ggml.pre": _Field(pre)}

@@ -7,12 +7,14 @@ and `next_word` (pretokenizer.pxd) and runs BPE on each pre-token. The table is 
 import; after that the scanners only read it, so they run without the GIL.
 
 Pre-tokenizers (the llama.cpp / HF regexes they reproduce):
-  gpt2, default        's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+  gpt2, gpt-2, phi-2,  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+  default
   smollm, starcoder,   every \\p{N} isolated first, then the gpt2 regex on the text between
   refact               (SmolLM2's tokenizer.json: Digits(individual_digits) + ByteLevel)
   llama-bpe, llama3,   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}
   llama-v3               | ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+
-  qwen2                as llama3 with \\p{N} instead of \\p{N}{1,3}
+  qwen2,               as llama3 with \\p{N} instead of \\p{N}{1,3}
+  deepseek-r1-qwen
 transformers' GGUF loader does not know "smollm" and splits such files as gpt2; the two differ
 only at 2+ whitespace chars before a number and at non-ASCII numerals. Tokenizer.from_gguf(reader,
 pre="gpt2") reproduces transformers exactly.
@@ -43,10 +45,10 @@ cdef enum:
     PRE_QWEN2 = 3
 
 PRE_TOKENIZERS = {
-    "gpt2": PRE_GPT2, "default": PRE_GPT2,
+    "gpt2": PRE_GPT2, "gpt-2": PRE_GPT2, "phi-2": PRE_GPT2, "default": PRE_GPT2,
     "smollm": PRE_DIGITS, "starcoder": PRE_DIGITS, "refact": PRE_DIGITS,
     "llama-bpe": PRE_LLAMA3, "llama3": PRE_LLAMA3, "llama-v3": PRE_LLAMA3,
-    "qwen2": PRE_QWEN2,
+    "qwen2": PRE_QWEN2, "deepseek-r1-qwen": PRE_QWEN2,
 }
 
 

@@ -2,6 +2,7 @@
 cimport cython
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from cyserve.fastpath.tokenizer.added_tokens cimport AddedTokens
 from cyserve.fastpath.tokenizer.idvec cimport IdVec
 from cyserve.fastpath.tokenizer.spm cimport SpmModel
 
@@ -39,9 +40,8 @@ cdef class Tokenizer:
 
     cdef list _pieces                     # id -> piece, spelled as in the file
     cdef dict _piece_ids                  # piece -> id
-    cdef dict _added_ids                  # CONTROL / USER_DEFINED text -> id
-    cdef object _special_re               # matches CONTROL and USER_DEFINED tokens in text
-    cdef object _user_re                  # matches USER_DEFINED tokens only (or None)
+    cdef AddedTokens _added_all           # CONTROL, UNKNOWN and USER_DEFINED tokens in text (or None)
+    cdef AddedTokens _added_user          # USER_DEFINED tokens only (or None)
 
     cdef int32_t _byte_ids[256]           # byte -> id of its one-byte token
     cdef MergeSlot* _merges
@@ -77,7 +77,7 @@ cdef class Tokenizer:
     cdef void _cache_insert(self, const uint8_t* word, Py_ssize_t n, uint64_t h,
                             const int32_t* ids, Py_ssize_t num_ids) noexcept nogil
     cdef int _encode_utf8(self, const uint8_t* text, Py_ssize_t n, IdVec* out) noexcept nogil
-    cdef int _encode_str(self, str text, IdVec* out, bint at_start) except -1
+    cdef int _encode_run(self, const uint8_t* s, Py_ssize_t n, IdVec* out, bint at_start) noexcept nogil
     cdef Py_ssize_t _check_id(self, object token_id) except -1
     cdef bytes _piece_bytes(self, Py_ssize_t i)
 

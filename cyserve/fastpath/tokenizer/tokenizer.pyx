@@ -1,9 +1,9 @@
 """The tokenizer built from a GGUF file's metadata: byte-level BPE (tokenizer.ggml.model = gpt2)
 or SentencePiece (= llama).
 
-Owns text <-> token ids for the engine: splitting out special tokens written in the text, BPE
-merges by rank over C arrays with a word cache, BOS/EOS and end-of-generation ids, decoding, and
-an incremental decoder that emits only complete UTF-8 characters. Pre-tokenization (the scanner
+Owns text <-> token ids for the engine: splitting the text at the special tokens written in it
+(found by cyserve.fastpath.tokenizer.added_tokens), BPE merges by rank over C arrays with a word
+cache, BOS/EOS and end-of-generation ids, decoding, and an incremental decoder that emits only complete UTF-8 characters. Pre-tokenization (the scanner
 per `tokenizer.ggml.pre` and the Unicode class table behind it) lives in
 cyserve.fastpath.tokenizer.pretokenizer; BPE runs on each of its pre-tokens. A SentencePiece
 vocabulary's merges live in cyserve.fastpath.tokenizer.spm, what the metadata keys mean in
@@ -12,7 +12,6 @@ cyserve.fastpath.tokenizer.gguf_vocab.
 Thread safety: encode runs its C part without releasing the GIL (the word cache and the BPE
 scratch are shared per tokenizer), so concurrent callers are serialised.
 """
-import re
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -20,6 +19,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
+from cyserve.fastpath.tokenizer.added_tokens cimport AddedTokens
 from cyserve.fastpath.tokenizer.idvec cimport idvec_push
 from cyserve.fastpath.tokenizer.pretokenizer cimport next_word, pre_kind_of
 from cyserve.fastpath.tokenizer.spm cimport SpmModel
@@ -292,15 +292,8 @@ cdef class Tokenizer:
         added = {self._pieces[i]: i for i in range(self.vocab_size)
                  if types[i] in _ADDED_TYPES and self._pieces[i]}
         user = [p for p, i in added.items() if types[i] == TOKEN_TYPE_USER_DEFINED]
-        self._added_ids = added
-
-        def pattern(pieces):
-            if not pieces:
-                return None
-            return re.compile("|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True)))
-
-        self._special_re = pattern(list(added))
-        self._user_re = pattern(user)
+        self._added_all = AddedTokens(added) if added else None
+        self._added_user = AddedTokens({p: added[p] for p in user}) if user else None
         return 0
 
     cdef int _build_byte_ids(self, dict bpe_ids, dict byte_of) except -1:
@@ -476,45 +469,43 @@ cdef class Tokenizer:
             i = j
         return 0
 
-    cdef int _encode_str(self, str text, IdVec* out, bint at_start) except -1:
-        """Append the ids of a run of plain text; at_start: it begins the whole text."""
-        cdef Py_ssize_t n
-        cdef const char* utf8
+    cdef int _encode_run(self, const uint8_t* s, Py_ssize_t n, IdVec* out, bint at_start) noexcept nogil:
+        """Append the ids of a run of plain text (n > 0); at_start: it begins the whole text.
+        -1: out of memory."""
         cdef bint prefix
-        if not self._ready:
-            raise RuntimeError("Tokenizer was not initialised")
-        utf8 = PyUnicode_AsUTF8AndSize(text, &n)
         if self._spm is None:
-            if self._encode_utf8(<const uint8_t*>utf8, n, out):
-                raise MemoryError()
-            return 0
+            return self._encode_utf8(s, n, out)
         prefix = self._space_prefix == PREFIX_EVERY or (
-            self._space_prefix == PREFIX_FIRST and at_start and not text.startswith((" ", "\u2581")))
-        if self._spm.encode(<const uint8_t*>utf8, n, prefix, out):
-            raise MemoryError()
-        return 0
+            self._space_prefix == PREFIX_FIRST and at_start and not (
+                s[0] == 0x20 or (n >= 3 and s[0] == 0xE2 and s[1] == 0x96 and s[2] == 0x81)))
+        return self._spm.encode(s, n, prefix, out)
 
     def encode(self, str text, bint parse_special=True, bint add_special=False):
         """Token ids of `text`. With parse_special, CONTROL tokens written in the text (e.g.
         `<|im_start|>`) become their ids; USER_DEFINED tokens always do. add_special adds BOS
         and EOS as the file's add_bos_token / add_eos_token ask (see add_special_tokens)."""
         cdef IdVec out
-        cdef Py_ssize_t pos = 0, i
+        cdef Py_ssize_t pos = 0, i, n, start, end = 0
+        cdef int32_t token_id = -1
+        cdef int failed = 0
+        cdef const uint8_t* s
+        cdef AddedTokens added = self._added_all if parse_special else self._added_user
+        if not self._ready:
+            raise RuntimeError("Tokenizer was not initialised")
+        s = <const uint8_t*>PyUnicode_AsUTF8AndSize(text, &n)
         out.data, out.size, out.cap = NULL, 0, 0
-        pattern = self._special_re if parse_special else self._user_re
         try:
-            if pattern is None:
-                if text:
-                    self._encode_str(text, &out, True)
-            else:
-                for match in pattern.finditer(text):
-                    if match.start() > pos:
-                        self._encode_str(text[pos:match.start()], &out, pos == 0)
-                    if idvec_push(&out, self._added_ids[match.group()]):
-                        raise MemoryError()
-                    pos = match.end()
-                if pos < len(text):
-                    self._encode_str(text[pos:] if pos else text, &out, pos == 0)
+            while pos < n and not failed:
+                start = added.find(s, n, pos, &end, &token_id) if added is not None else -1
+                if start < 0:
+                    start = end = n
+                if start > pos:
+                    failed = self._encode_run(s + pos, start - pos, &out, pos == 0)
+                if end > start and not failed:
+                    failed = idvec_push(&out, token_id)
+                pos = end
+            if failed:
+                raise MemoryError()
             ids = [out.data[i] for i in range(out.size)]
         finally:
             free(out.data)
