@@ -13,7 +13,7 @@ import numpy as np
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.fastpath.model.architecture import Architecture, architecture
 from cyserve.fastpath.model.gguf_file import GGUFFile, GGUFFormatError
-from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
+from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType, split_rows
 
 
 def _open_reader(path: str) -> GGUFFile:
@@ -165,15 +165,6 @@ def _optional_vectors(tensors: dict, i: int, cfg: ModelConfig, arch: Architectur
         wanted |= {"post_attn_norm": ("post_attention_norm.weight", cfg.hidden_size),
                    "post_ffn_norm": ("post_ffw_norm.weight", cfg.hidden_size)}
     return {field: _vector(tensors, p + name, path, size) for field, (name, size) in wanted.items()}
-
-
-def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
-    """A fused tensor's parts, consecutive runs of `sizes` rows: views of the same bytes."""
-    parts, start = [], 0
-    for size in sizes:
-        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
-        start += size
-    return tuple(parts)
 
 
 def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> LayerWeights:

@@ -33,6 +33,18 @@ class Weight:
     data: np.ndarray  # uint8[rows, row_bytes], C-contiguous, memory-mapped
 
 
+def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
+    """A fused tensor's parts (Phi-3's qkv, gate/up), consecutive runs of `sizes` rows: views of
+    the same bytes."""
+    if sum(sizes) != w.rows:
+        raise ValueError(f"{w.name!r} has {w.rows} rows, not {' + '.join(map(str, sizes))}")
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
+        start += size
+    return tuple(parts)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
