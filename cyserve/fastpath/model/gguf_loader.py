@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from cyserve.fastpath.errors import ModelLoadError
+from cyserve.kernels.cpu.quant_matmul import block_elems
 from cyserve.fastpath.model.architecture import Architecture, architecture
 from cyserve.fastpath.model.gguf_file import GGUFFile, GGUFFormatError
 from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType, split_rows
@@ -147,8 +148,10 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
 def _check_shape(w: Weight, rows: int, cols: int, path: str) -> Weight:
     if (w.rows, w.cols) != (rows, cols):
         raise ModelLoadError(path, f"tensor {w.name!r} is [{w.rows}x{w.cols}], expected [{rows}x{cols}]")
-    if w.cols % 32 and w.wtype not in (WeightType.F32, WeightType.F16, WeightType.BF16):
-        raise ModelLoadError(path, f"tensor {w.name!r} has {w.cols} columns, not a multiple of the 32-element block")
+    block = block_elems(int(w.wtype))
+    if w.cols % block:
+        raise ModelLoadError(path, f"tensor {w.name!r} has {w.cols} columns, not a multiple of the "
+                             f"{block}-element block of {w.wtype.name}")
     return w
 
 
