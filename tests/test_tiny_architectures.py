@@ -96,6 +96,7 @@ def test_tiny_gemma3_window_is_what_transformers_applies(tmp_path):
 ARCHITECTURES = {  # name -> (tiny transformers model, its conversion)
     "llama": (tiny_models.llama, tiny_models.LLAMA),
     "llama3": (tiny_models.llama3, tiny_models.LLAMA3),
+    "mistral": (tiny_models.mistral, tiny_models.LLAMA),  # the converter writes Mistral as llama
     "qwen2": (tiny_models.qwen2, tiny_models.QWEN2),
     "qwen3": (tiny_models.qwen3, tiny_models.QWEN3),
     "phi3": (tiny_models.phi3, tiny_models.PHI3),

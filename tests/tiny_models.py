@@ -348,3 +348,11 @@ def llama3(seed: int = 0):
     rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                 original_max_position_embeddings=32)
     return _built(LlamaForCausalLM, _small(LlamaConfig, tie_word_embeddings=True, rope_parameters=rope), seed)
+
+
+def mistral(seed: int = 0):
+    """Mistral shape (the converter writes it as llama): untied, no sliding window, SentencePiece."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _built(MistralForCausalLM, _small(MistralConfig, tie_word_embeddings=False, sliding_window=None,
+                                             bos_token_id=2, eos_token_id=1), seed)
