@@ -172,3 +172,18 @@ def test_gemma3_layer_types_outside_the_pattern_are_refused(tmp_path):
     json.dump(config, open(tmp_path / "config.json", "w"))
     with pytest.raises(ModelLoadError, match="layer_types .* not every n-th layer global"):
         load_hf_checkpoint(str(tmp_path))
+
+
+def test_tiny_gemma3_linear_rope_scaling_on_the_global_layers(tmp_path):
+    """Gemma 3 4B's rope scaling (linear, factor 8, global layers only, as transformers and
+    llama.cpp apply it), from GGUF keys and from config.json; without it the logits move."""
+    model = tiny_models.gemma3(seed=4, linear_rope=8.0)
+    ref = transformers_logits(model, IDS)
+    assert np.abs(ref - transformers_logits(tiny_models.gemma3(seed=4), IDS)).max() > 0.1
+    path = tiny_models.write_gguf(model, str(tmp_path / "gemma3.gguf"), tiny_models.GEMMA3)
+    model.save_pretrained(tmp_path / "hf")
+    for weights in (load_gguf(path), load_hf_checkpoint(str(tmp_path / "hf"))):
+        assert weights.config.rope_linear_scale == 8.0
+        assert [la.rope_freqs is not None for la in weights.layer_attention] == [False] * 5 + [True, False]
+        runner = CpuModelRunner(weights, num_blocks=8, block_size=BLOCK, max_num_tokens=32)
+        check_against(chunked_logits(runner.forward, IDS), ref, tiny_models.F32, f"gemma3 linear rope {weights.path}")

@@ -124,6 +124,13 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
     head_dim = _head_dim(reader, arch, hidden, heads, path)
     num_layers = int(_field(reader, f"{arch}.block_count", path))
+    scaling = str(_field(reader, f"{arch}.rope.scaling.type", path, default="none"))
+    if scaling not in ("none", "linear"):
+        raise ModelLoadError(path, f"rope scaling {scaling!r} is not supported yet (none, linear, and "
+                             f"llama 3.1's rope_freqs tensor are)")
+    linear = float(_field(reader, f"{arch}.rope.scaling.factor", path, default=1.0)) if scaling == "linear" else 1.0
+    if not linear > 0:
+        raise ModelLoadError(path, f"rope scaling factor {linear} must be > 0")
     return ModelConfig(
         name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
         architecture=arch,
@@ -142,6 +149,7 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         attention_scale=_attention_scale(reader, arch, hidden, heads, head_dim, num_layers, path),
         sliding_window=int(_field(reader, f"{arch}.attention.sliding_window", path, default=0)),
         final_logit_softcap=float(_field(reader, f"{arch}.final_logit_softcapping", path, default=0.0)),
+        rope_linear_scale=linear,
     )
 
 

@@ -77,8 +77,9 @@ def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarra
     return factors.astype(np.float32)
 
 
-def _rope(cfg: dict, head_dim: int, path: str) -> tuple[float, float, np.ndarray | None]:
-    """(global rotary base, local layers' base (0: none given), frequency divisors or None), from
+def _rope(cfg: dict, head_dim: int, path: str) -> tuple[float, float, np.ndarray | None, float]:
+    """(global rotary base, local layers' base (0: none given), frequency divisors or None, linear
+    scaling factor of the global layers), from
     transformers 4.x keys (rope_theta, rope_scaling, rope_local_base_freq) or 5.x rope_parameters
     (per layer type for Gemma 3)."""
     params = cfg.get("rope_parameters") or {}
@@ -92,10 +93,12 @@ def _rope(cfg: dict, head_dim: int, path: str) -> tuple[float, float, np.ndarray
         raise ModelLoadError(path, "partial rotary embeddings (partial_rotary_factor < 1) are not supported")
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind in ("default", None):
-        return theta, local_theta, None
+        return theta, local_theta, None, 1.0
     if kind == "llama3":
-        return theta, local_theta, llama3_rope_factors(head_dim, theta, scaling)
-    raise ModelLoadError(path, f"rope scaling {kind!r} is not supported yet (unscaled and llama3 are)")
+        return theta, local_theta, llama3_rope_factors(head_dim, theta, scaling), 1.0
+    if kind == "linear":
+        return theta, local_theta, None, float(scaling["factor"])
+    raise ModelLoadError(path, f"rope scaling {kind!r} is not supported yet (unscaled, linear and llama3 are)")
 
 
 def _layer_pattern(cfg: dict, arch: Architecture, path: str) -> Architecture:
@@ -121,7 +124,7 @@ def _config(directory: str, cfg: dict, arch: Architecture, file_types: tuple[tup
 
     hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
     head_dim = int(cfg.get("head_dim") or hidden // heads)
-    theta, _, _ = _rope(cfg, head_dim, path)
+    theta, _, _, linear = _rope(cfg, head_dim, path)
     local = bool(arch.sliding_window_pattern)
     scalar = cfg.get("query_pre_attn_scalar")
     return ModelConfig(
@@ -134,7 +137,7 @@ def _config(directory: str, cfg: dict, arch: Architecture, file_types: tuple[tup
         file_type=max(file_types, key=lambda kv: kv[1])[0] if file_types else "F32", tensor_types=file_types,
         attention_scale=float(scalar) ** -0.5 if scalar else 0.0,
         sliding_window=int(cfg.get("sliding_window") or 0) if local else 0,
-        final_logit_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
+        final_logit_softcap=float(cfg.get("final_logit_softcapping") or 0.0), rope_linear_scale=linear,
     )
 
 
@@ -322,7 +325,7 @@ def load_hf_checkpoint(directory: str, quantize: str = "") -> ModelWeights:
         tensors.serve_prefix_as(prefix, "model.")
     b = _Builder(tensors, quantize_choice(quantize) if quantize else None)
     cfg = _config(directory, cfg_json, arch, ())
-    _, local_theta, rope_freqs = _rope(cfg_json, cfg.head_dim, config_path)
+    _, local_theta, rope_freqs, _ = _rope(cfg_json, cfg.head_dim, config_path)
     if arch.sliding_window_pattern and local_theta:
         arch = dataclasses.replace(arch, local_rope_theta=local_theta)
     norm_offset = 1.0 if arch.name == "gemma3" else 0.0  # Gemma's RMSNorm scales by (1 + w)
