@@ -187,3 +187,15 @@ def test_tiny_gemma3_linear_rope_scaling_on_the_global_layers(tmp_path):
         assert [la.rope_freqs is not None for la in weights.layer_attention] == [False] * 5 + [True, False]
         runner = CpuModelRunner(weights, num_blocks=8, block_size=BLOCK, max_num_tokens=32)
         check_against(chunked_logits(runner.forward, IDS), ref, tiny_models.F32, f"gemma3 linear rope {weights.path}")
+
+
+def test_unsupported_rope_scaling_is_refused_by_name(tmp_path):
+    def yarn(writer, hp):
+        tiny_models.QWEN2.metadata(writer, hp)
+        writer.add_rope_scaling_type(tiny_models.gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(4.0)
+
+    conversion = dataclasses.replace(tiny_models.QWEN2, metadata=yarn)
+    path = tiny_models.write_gguf(tiny_models.qwen2(), str(tmp_path / "yarn.gguf"), conversion)
+    with pytest.raises(ModelLoadError, match="rope scaling 'yarn' is not supported yet"):
+        load_gguf(path)
