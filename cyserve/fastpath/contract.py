@@ -31,6 +31,7 @@ class ModelInfo:
     chat_template: str  # "" when the model has none
     head_dim: int = 0
     tensor_types: tuple[tuple[str, int], ...] = ()  # (GGML type name, number of tensors), most first
+    default_sampling: tuple[tuple[str, float], ...] = ()  # SamplingParams fields the model recommends
 
 
 @dataclass(frozen=True)

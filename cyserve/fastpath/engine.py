@@ -107,6 +107,7 @@ class Engine:
             eos_token_id=_id_or_none(self.tokenizer.eos_token_id),
             chat_template=chat_template(self.model.chat_template, cfg.architecture, self.config.chat_template),
             head_dim=cfg.head_dim, tensor_types=cfg.tensor_types,
+            default_sampling=self.model.default_sampling,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------

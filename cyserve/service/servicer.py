@@ -341,7 +341,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             engine_request = EngineRequest(
                 request_id=engine_request_id,
                 prompt_token_ids=prompt_token_ids,
-                sampling=sampling_params(request.sampling, request.output, index, seed),
+                sampling=sampling_params(request.sampling, request.output, index, seed,
+                                         defaults=self._model_info.default_sampling),
                 stopping=stopping_params(request.stopping),
                 priority=request.priority,
                 cache_salt=request.cache_salt or None,
@@ -506,6 +507,8 @@ def model_info_message(info: ModelInfo) -> pb.ModelInfo:
         head_dim=info.head_dim,
         tensor_types=dict(info.tensor_types),
     )
+    for name, value in info.default_sampling:
+        setattr(message.default_sampling, name, value)
     if info.bos_token_id >= 0:
         message.bos_token_id = info.bos_token_id
     if info.eos_token_id >= 0:

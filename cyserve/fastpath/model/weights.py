@@ -115,6 +115,7 @@ class ModelWeights:
     chat_template: str = ""  # the file's own template ("" when it has none)
     reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it (None: not a GGUF)
     end_token_ids: tuple[int, ...] = ()  # ids that end a generation besides the tokenizer's (HF generation_config)
+    default_sampling: tuple[tuple[str, float], ...] = ()  # the model's recommended sampling (HF generation_config)
     # f32[head_dim / 2]: divisors of the rotary frequencies, every layer (Llama 3.1's rope scaling:
     # the GGUF's rope_freqs tensor, or computed from an HF config's rope_scaling); None: none
     rope_freqs: np.ndarray | None = None
