@@ -165,7 +165,7 @@ def accuracy(path: str, args: argparse.Namespace, ours: Ours) -> None:
     counts = {"cyserve": 0, "llama.cpp": 0}
     total = 0
     for text in texts(case_for(ours.model.config.architecture)):
-        ids = tok.encode(text)
+        ids = tok.with_bos(tok.encode(text))
         ref = oracle.logits(ids).argmax(-1)
         inputs = build_inputs([(ids, 0, len(ids), ours._blocks(0), True)], BLOCK)
         inputs.logits_indices = np.arange(len(ids), dtype=np.int64)

@@ -166,6 +166,11 @@ def _gemma3_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
     """Gemma3Model.set_gguf_parameters: head widths, the global rotary base, the window; no
     query_pre_attn_scalar (the loader derives the scale, as llama.cpp does)."""
     writer.add_rope_freq_base(_rope_theta(hp, "full_attention"))
+    scaling = hp["rope_parameters"]["full_attention"]
+    if scaling.get("rope_type", "default") != "default":  # Gemma 3 4B and up: linear, global layers
+        assert scaling["rope_type"] == "linear", scaling
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(scaling["factor"])
     writer.add_sliding_window(hp["sliding_window"])
     if hp.get("final_logit_softcapping"):
         writer.add_final_logit_softcapping(hp["final_logit_softcapping"])
@@ -278,13 +283,19 @@ def write_gguf(model: torch.nn.Module, path: str, conversion: Conversion, wtype:
 
 # ---- the models ----
 
-def gemma3(seed: int = 0, sliding_window: int = 6, num_layers: int = 7, softcap: float | None = None):
+def gemma3(seed: int = 0, sliding_window: int = 6, num_layers: int = 7, softcap: float | None = None,
+           linear_rope: float = 0.0):
     """A Gemma 3 text model: 2 heads of 48 over a hidden of 64 (q: 96 columns), one kv head, a
     pattern of 6 (layer 5 global, the rest local) with the window given, rotary bases 1e6 global
-    and 1e4 local, query_pre_attn_scalar = head_dim (what the GGUF implies)."""
+    and 1e4 local, query_pre_attn_scalar = head_dim (what the GGUF implies); `linear_rope`: the
+    global layers' linear rope scaling factor (Gemma 3 4B and up: 8)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+    rope = None
+    if linear_rope:
+        rope = {"full_attention": {"rope_type": "linear", "factor": linear_rope, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    config = Gemma3TextConfig(rope_parameters=rope, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                               num_attention_heads=2, num_key_value_heads=1, head_dim=48, query_pre_attn_scalar=48,
                               sliding_window=sliding_window, max_position_embeddings=256, rms_norm_eps=1e-6,
                               final_logit_softcapping=softcap, attn_implementation="eager")
@@ -348,3 +359,11 @@ def llama3(seed: int = 0):
     rope = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                 original_max_position_embeddings=32)
     return _built(LlamaForCausalLM, _small(LlamaConfig, tie_word_embeddings=True, rope_parameters=rope), seed)
+
+
+def mistral(seed: int = 0):
+    """Mistral shape (the converter writes it as llama): untied, no sliding window, SentencePiece."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _built(MistralForCausalLM, _small(MistralConfig, tie_word_embeddings=False, sliding_window=None,
+                                             bos_token_id=2, eos_token_id=1), seed)

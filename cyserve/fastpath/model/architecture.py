@@ -29,7 +29,9 @@ from the architecture and the file (`Architecture.layer_attention`), and every b
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from cyserve.fastpath.errors import ModelLoadError
 
@@ -50,10 +52,12 @@ class Activation(enum.Enum):
 
 @dataclass(frozen=True)
 class LayerAttention:
-    """How one layer attends: its sliding window (0: every earlier position) and rotary base."""
+    """How one layer attends: its sliding window (0: every earlier position), rotary base, and the
+    divisors of its rotary frequencies (f32[head_dim / 2]; None: none)."""
 
     window: int
     rope_theta: float
+    rope_freqs: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,21 @@ class Architecture:
     sliding_window_pattern: int = 0
     local_rope_theta: float = 0.0  # local layers' rotary base (Gemma 3: 10000); 0: the file's
 
-    def layer_attention(self, num_layers: int, sliding_window: int,
-                        rope_theta: float) -> tuple[LayerAttention, ...]:
-        """Each layer's window and rotary base, given the file's window (0: none) and base."""
-        glob = LayerAttention(0, rope_theta)
+    def layer_attention(self, num_layers: int, sliding_window: int, rope_theta: float,
+                        rope_freqs: np.ndarray | None = None, rope_linear_scale: float = 1.0,
+                        head_dim: int = 0) -> tuple[LayerAttention, ...]:
+        """Each layer's window, rotary base and frequency divisors, given the file's window (0:
+        none), base, frequency divisors (Llama 3.1's rope_freqs) and linear rope scaling factor.
+        Linear scaling divides the global layers' frequencies only, as llama.cpp applies it
+        (Gemma 3 4B and up: local layers keep their unscaled base)."""
+        scaled = rope_freqs
+        if rope_linear_scale != 1.0:
+            ones = np.ones(head_dim // 2, dtype=np.float32) if rope_freqs is None else rope_freqs
+            scaled = (ones * np.float32(rope_linear_scale)).astype(np.float32)
+        glob = LayerAttention(0, rope_theta, scaled)
         if not self.sliding_window_pattern or sliding_window <= 0:
             return (glob,) * num_layers
-        local = LayerAttention(sliding_window, self.local_rope_theta or rope_theta)
+        local = LayerAttention(sliding_window, self.local_rope_theta or rope_theta, rope_freqs)
         n = self.sliding_window_pattern
         return tuple(glob if (i + 1) % n == 0 else local for i in range(num_layers))
 

@@ -26,6 +26,7 @@ cdef struct LayerRefs:
     uint16_t *v_cache
     int64_t window           # sliding window of a local layer; 0 = global (LayerAttention)
     double rope_theta        # this layer's rotary base
+    const float *rope_freqs  # f32[Dh/2] dividing its rotary frequencies, or NULL
 
 
 # One validated batch, as raw pointers the nogil loop reads.
@@ -57,7 +58,6 @@ cdef class CpuForward:
     cdef LayerRefs *layers
     cdef WeightRef embd, output
     cdef const float *output_norm
-    cdef const float *rope_freqs         # f32[Dh/2] dividing the rotary frequencies, or NULL
     cdef float *work                     # f32 workspace of `capacity` rows (see _workspace_floats)
     cdef object _owners                  # Python objects that own every pointer above
     cdef object _work_array

@@ -14,7 +14,7 @@ from cyserve.fastpath.errors import ModelLoadError
 from cyserve.kernels.cpu.quant_matmul import block_elems
 from cyserve.fastpath.model.architecture import Architecture, architecture
 from cyserve.fastpath.model.gguf_file import GGUFFile, GGUFFormatError
-from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
+from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType, split_rows
 
 
 def _open_reader(path: str) -> GGUFFile:
@@ -124,6 +124,13 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
     head_dim = _head_dim(reader, arch, hidden, heads, path)
     num_layers = int(_field(reader, f"{arch}.block_count", path))
+    scaling = str(_field(reader, f"{arch}.rope.scaling.type", path, default="none"))
+    if scaling not in ("none", "linear"):
+        raise ModelLoadError(path, f"rope scaling {scaling!r} is not supported yet (none, linear, and "
+                             f"llama 3.1's rope_freqs tensor are)")
+    linear = float(_field(reader, f"{arch}.rope.scaling.factor", path, default=1.0)) if scaling == "linear" else 1.0
+    if not linear > 0:
+        raise ModelLoadError(path, f"rope scaling factor {linear} must be > 0")
     return ModelConfig(
         name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
         architecture=arch,
@@ -142,6 +149,7 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
         attention_scale=_attention_scale(reader, arch, hidden, heads, head_dim, num_layers, path),
         sliding_window=int(_field(reader, f"{arch}.attention.sliding_window", path, default=0)),
         final_logit_softcap=float(_field(reader, f"{arch}.final_logit_softcapping", path, default=0.0)),
+        rope_linear_scale=linear,
     )
 
 
@@ -168,15 +176,6 @@ def _optional_vectors(tensors: dict, i: int, cfg: ModelConfig, arch: Architectur
         wanted |= {"post_attn_norm": ("post_attention_norm.weight", cfg.hidden_size),
                    "post_ffn_norm": ("post_ffw_norm.weight", cfg.hidden_size)}
     return {field: _vector(tensors, p + name, path, size) for field, (name, size) in wanted.items()}
-
-
-def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
-    """A fused tensor's parts, consecutive runs of `sizes` rows: views of the same bytes."""
-    parts, start = [], 0
-    for size in sizes:
-        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
-        start += size
-    return tuple(parts)
 
 
 def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> LayerWeights:

@@ -7,7 +7,10 @@ holds, by the reference quantizers, so a Q8_0 matrix from either format is the s
 
 Hugging Face keeps q and k in the layout its `rotate_half` expects (NeoX halves), where llama.cpp's
 converter permutes llama's to interleaved pairs; a llama checkpoint is therefore described with
-NeoX rotary and its weights are used unpermuted.
+NeoX rotary and its weights are used unpermuted. What a GGUF file carries as keys and tensors the
+config says here: Gemma 3's layer_types, window, query_pre_attn_scalar and per-layer-type rotary
+bases; Llama 3.1's rope_scaling, turned into the same frequency divisors as the converter's
+rope_freqs tensor; Phi-3's fused qkv and gate/up, split by rows as the GGUF loader does.
 """
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ import numpy as np
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.fastpath.model.architecture import Architecture, RopeStyle, architecture
 from cyserve.fastpath.model.safetensors_file import SafetensorsFile, SafetensorsFormatError, StoredTensor
-from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
+from cyserve.fastpath.model.weights import (
+    LayerWeights, ModelConfig, ModelWeights, Weight, WeightType, split_rows,
+)
 from cyserve.kernels import reference_quants
 
 # config.json model_type -> our architecture name, and what the HF layout changes in it
 MODEL_TYPES: dict[str, str] = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                               "gemma3_text": "gemma3", "gemma3": "gemma3"}
+                               "gemma3_text": "gemma3", "gemma3": "gemma3", "phi3": "phi3"}
 _NEOX_IN_HF = {"llama"}  # architectures whose GGUF form is permuted to interleaved rotary
 SERVED_DTYPES = {"F32": WeightType.F32, "F16": WeightType.F16, "BF16": WeightType.BF16}
 QUANTIZE_CHOICES = ("q8_0", "q4_0", "q4_k")
@@ -58,13 +63,55 @@ def _read_json(path: str, required: bool = True) -> dict:
     return value
 
 
-def _rope_theta(cfg: dict, path: str) -> float:
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    """rope_type llama3 as f32[head_dim / 2] divisors of the rotary frequencies (what the GGUF
+    converter writes as rope_freqs): 1 for wavelengths under original_context / high_freq_factor,
+    `factor` over original_context / low_freq_factor, a smooth blend between."""
+    factor = float(scaling["factor"])
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    context = float(scaling.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (context / wavelen - low) / (high - low)
+    factors = np.where(wavelen < context / high, 1.0,
+                       np.where(wavelen > context / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
+
+
+def _rope(cfg: dict, head_dim: int, path: str) -> tuple[float, float, np.ndarray | None, float]:
+    """(global rotary base, local layers' base (0: none given), frequency divisors or None, linear
+    scaling factor of the global layers), from
+    transformers 4.x keys (rope_theta, rope_scaling, rope_local_base_freq) or 5.x rope_parameters
+    (per layer type for Gemma 3)."""
     params = cfg.get("rope_parameters") or {}
+    local: dict = {}
+    if "full_attention" in params:
+        params, local = params["full_attention"] or {}, params.get("sliding_attention") or {}
     scaling = cfg.get("rope_scaling") or params
+    theta = float(cfg.get("rope_theta") or params.get("rope_theta", 10000.0))
+    local_theta = float(cfg.get("rope_local_base_freq") or local.get("rope_theta", 0.0))
+    if float(params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) or 1.0) != 1.0:
+        raise ModelLoadError(path, "partial rotary embeddings (partial_rotary_factor < 1) are not supported")
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if kind not in ("default", None):
-        raise ModelLoadError(path, f"rope scaling {kind!r} is not supported yet (only unscaled rotary)")
-    return float(cfg.get("rope_theta", params.get("rope_theta", 10000.0)))
+    if kind in ("default", None):
+        return theta, local_theta, None, 1.0
+    if kind == "llama3":
+        return theta, local_theta, llama3_rope_factors(head_dim, theta, scaling), 1.0
+    if kind == "linear":
+        return theta, local_theta, None, float(scaling["factor"])
+    raise ModelLoadError(path, f"rope scaling {kind!r} is not supported yet (unscaled, linear and llama3 are)")
+
+
+def _layer_pattern(cfg: dict, arch: Architecture, path: str) -> Architecture:
+    """The description with the sliding-window pattern that config's layer_types give (every
+    n-th layer global); the architecture's own when the config has none."""
+    types = cfg.get("layer_types")
+    if not types or not arch.sliding_window_pattern:
+        return arch
+    sliding = [t == "sliding_attention" for t in types]
+    for n in range(1, len(sliding) + 2):
+        if sliding == [(i + 1) % n != 0 for i in range(len(sliding))]:
+            return dataclasses.replace(arch, sliding_window_pattern=n)
+    raise ModelLoadError(path, f"layer_types {types} is not every n-th layer global, the pattern cyserve runs")
 
 
 def _config(directory: str, cfg: dict, arch: Architecture, file_types: tuple[tuple[str, int], ...]) -> ModelConfig:
@@ -77,14 +124,20 @@ def _config(directory: str, cfg: dict, arch: Architecture, file_types: tuple[tup
 
     hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
     head_dim = int(cfg.get("head_dim") or hidden // heads)
+    theta, _, _, linear = _rope(cfg, head_dim, path)
+    local = bool(arch.sliding_window_pattern)
+    scalar = cfg.get("query_pre_attn_scalar")
     return ModelConfig(
         name=str(cfg.get("_name_or_path") or os.path.basename(os.path.normpath(directory))),
         architecture=arch.name, vocab_size=int(need("vocab_size")),
         context_length=int(cfg.get("max_position_embeddings", 2048)), hidden_size=hidden,
         intermediate_size=int(need("intermediate_size")), num_layers=int(need("num_hidden_layers")),
         num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim,
-        rope_theta=_rope_theta(cfg, path), rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         file_type=max(file_types, key=lambda kv: kv[1])[0] if file_types else "F32", tensor_types=file_types,
+        attention_scale=float(scalar) ** -0.5 if scalar else 0.0,
+        sliding_window=int(cfg.get("sliding_window") or 0) if local else 0,
+        final_logit_softcap=float(cfg.get("final_logit_softcapping") or 0.0), rope_linear_scale=linear,
     )
 
 
@@ -109,6 +162,15 @@ class _Tensors:
             raise ModelLoadError(directory, "no model.safetensors and no model.safetensors.index.json: "
                                  "the directory should hold the weights as safetensors")
         self.used: set[str] = set()
+        self.stored: dict[str, str] = {}  # name asked for -> name in the file, where they differ
+
+    def serve_prefix_as(self, prefix: str, as_prefix: str) -> None:
+        """Tensors stored under `prefix` answer to `as_prefix` too (a multimodal Gemma 3 keeps its
+        text model under model.language_model. or language_model.model.)."""
+        for name in [n for n in self.where if n.startswith(prefix)]:
+            alias = as_prefix + name[len(prefix):]
+            self.where.setdefault(alias, self.where[name])
+            self.stored.setdefault(alias, name)
 
     def _open(self, path: str, named_by: str) -> str:
         if path not in self.files:
@@ -125,10 +187,11 @@ class _Tensors:
 
     def get(self, name: str) -> StoredTensor:
         shard = self.where.get(name)
-        if shard is None or name not in self.files[shard]:
+        stored = self.stored.get(name, name)
+        if shard is None or stored not in self.files[shard]:
             raise ModelLoadError(shard or next(iter(self.files)), f"tensor {name!r} is missing")
-        self.used.add(name)
-        return self.files[shard].tensors[name]
+        self.used.add(stored)
+        return self.files[shard].tensors[stored]
 
 
 def _as_f32(t: StoredTensor) -> np.ndarray:
@@ -167,6 +230,10 @@ class _Builder:
         self.types[wtype.name] = self.types.get(wtype.name, 0) + 1
         return Weight(name, wtype, rows, cols, data)
 
+    def fused(self, name: str, sizes: tuple[int, ...], cols: int) -> tuple[Weight, ...]:
+        """A fused matrix (Phi-3's qkv_proj, gate_up_proj) split into its row runs."""
+        return split_rows(self.matrix(name, sum(sizes), cols), sizes)
+
     def vector(self, name: str, size: int, offset: float = 0.0) -> np.ndarray:
         values = _as_f32(self._stored(name, (size,)))
         self.types["F32"] = self.types.get("F32", 0) + 1
@@ -189,12 +256,18 @@ def _layer(b: _Builder, i: int, cfg: ModelConfig, arch: Architecture, norm_offse
         ffn_norm = b.vector(p + "pre_feedforward_layernorm.weight", h, norm_offset)
     else:
         ffn_norm = b.vector(p + "post_attention_layernorm.weight", h, norm_offset)
+    if p + "self_attn.qkv_proj.weight" in b.tensors:  # Phi-3
+        wq, wk, wv = b.fused(p + "self_attn.qkv_proj.weight", (q, kv, kv), h)
+    else:
+        wq, wk, wv = (b.matrix(p + f"self_attn.{n}_proj.weight", r, h) for n, r in (("q", q), ("k", kv), ("v", kv)))
+    if p + "mlp.gate_up_proj.weight" in b.tensors:  # Phi-3: gate rows, then up
+        w_gate, w_up = b.fused(p + "mlp.gate_up_proj.weight", (ffn, ffn), h)
+    else:
+        w_gate, w_up = b.matrix(p + "mlp.gate_proj.weight", ffn, h), b.matrix(p + "mlp.up_proj.weight", ffn, h)
     return LayerWeights(
         attn_norm=b.vector(p + "input_layernorm.weight", h, norm_offset),
-        wq=b.matrix(p + "self_attn.q_proj.weight", q, h), wk=b.matrix(p + "self_attn.k_proj.weight", kv, h),
-        wv=b.matrix(p + "self_attn.v_proj.weight", kv, h), wo=b.matrix(p + "self_attn.o_proj.weight", h, q),
-        ffn_norm=ffn_norm, w_gate=b.matrix(p + "mlp.gate_proj.weight", ffn, h),
-        w_up=b.matrix(p + "mlp.up_proj.weight", ffn, h), w_down=b.matrix(p + "mlp.down_proj.weight", h, ffn),
+        wq=wq, wk=wk, wv=wv, wo=b.matrix(p + "self_attn.o_proj.weight", h, q),
+        ffn_norm=ffn_norm, w_gate=w_gate, w_up=w_up, w_down=b.matrix(p + "mlp.down_proj.weight", h, ffn),
         **optional,
     )
 
@@ -261,9 +334,16 @@ def load_hf_checkpoint(directory: str, quantize: str = "") -> ModelWeights:
     cfg_json = _read_json(os.path.join(directory, "config.json"))
     cfg_json = cfg_json.get("text_config", cfg_json) if cfg_json.get("model_type") == "gemma3" else cfg_json
     arch = _architecture(directory, cfg_json)
+    config_path = os.path.join(directory, "config.json")
+    arch = _layer_pattern(cfg_json, arch, config_path)
     tensors = _Tensors(directory)
+    for prefix in ("model.language_model.", "language_model.model."):
+        tensors.serve_prefix_as(prefix, "model.")
     b = _Builder(tensors, quantize_choice(quantize) if quantize else None)
     cfg = _config(directory, cfg_json, arch, ())
+    _, local_theta, rope_freqs, _ = _rope(cfg_json, cfg.head_dim, config_path)
+    if arch.sliding_window_pattern and local_theta:
+        arch = dataclasses.replace(arch, local_rope_theta=local_theta)
     norm_offset = 1.0 if arch.name == "gemma3" else 0.0  # Gemma's RMSNorm scales by (1 + w)
     embd = b.matrix("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
     layers = tuple(_layer(b, i, cfg, arch, norm_offset) for i in range(cfg.num_layers))
@@ -277,4 +357,5 @@ def load_hf_checkpoint(directory: str, quantize: str = "") -> ModelWeights:
     tokenizer_config = _read_json(os.path.join(directory, "tokenizer_config.json"), required=False)
     return ModelWeights(directory, cfg, arch, embd, layers, norm, output,
                         chat_template=_chat_template(directory, tokenizer_config),
-                        end_token_ids=end_token_ids(directory), default_sampling=default_sampling(directory))
+                        end_token_ids=end_token_ids(directory), default_sampling=default_sampling(directory),
+                        rope_freqs=rope_freqs)

@@ -122,11 +122,13 @@ class TorchModelRunner(RunnerBase):
             raise ModelLoadError(model.path, f"{model.arch.name} has sliding-window (local) attention "
                                  f"layers, which the CUDA attention kernel does not bound yet: serve "
                                  f"it on the CPU (--device cpu)")
-        if on_gpu and model.rope_freqs is not None:
-            raise ModelLoadError(model.path, "rotary frequency factors (rope_freqs, Llama 3.1 rope scaling) "
-                                 "are not in the CUDA rope kernel yet: serve it on the CPU (--device cpu)")
-        self.rope_freqs = (() if model.rope_freqs is None  # only torch_ops take them (see above)
-                           else (torch.from_numpy(np.array(model.rope_freqs, dtype=np.float32)).to(self.device),))
+        if on_gpu and any(la.rope_freqs is not None for la in self.attention):
+            raise ModelLoadError(model.path, "rotary frequency factors (rope_freqs: Llama 3.1 or linear rope "
+                                 "scaling) are not in the CUDA rope kernel yet: serve it on the CPU (--device cpu)")
+        # per layer, the extra rope argument: only torch_ops take frequency divisors (see above)
+        self.rope_freqs = [() if la.rope_freqs is None else
+                           (torch.from_numpy(np.array(la.rope_freqs, dtype=np.float32)).to(self.device),)
+                           for la in self.attention]
         self.act = self.ops.silu_mul if model.arch.activation is Activation.SILU else _gelu_tanh_mul
         dev, dt = self.device, self.dtype
         self.embedding = _Linear([model.token_embd], dev, dt, False).weight  # [vocab, hidden]
@@ -275,7 +277,8 @@ class TorchModelRunner(RunnerBase):
         attn = torch.empty((num_tokens, q_width), dtype=self.dtype, device=self.device)
         act = torch.empty((num_tokens, cfg.intermediate_size), dtype=self.dtype, device=self.device)
         delta = None  # the previous sublayer's output, added to h by the next fused norm
-        for layer, la, k_cache, v_cache in zip(self.layers, self.attention, self.k_caches, self.v_caches):
+        for layer, la, freqs, k_cache, v_cache in zip(self.layers, self.attention, self.rope_freqs, self.k_caches,
+                                                      self.v_caches):
             ops.fused_add_rms_norm(h, delta, layer.attn_norm, cfg.rms_norm_eps, x)
             qkv = self._linear(x, layer.qkv)                                       # [T, q + 2 kv]
             q, k = qkv[:, :q_width], qkv[:, q_width:q_width + kv_width]
@@ -283,7 +286,7 @@ class TorchModelRunner(RunnerBase):
             if layer.q_norm is not None:  # per head; new tensors, so rope may work in place
                 q = _rms_norm(q, layer.q_norm, cfg.rms_norm_eps, cfg.head_dim)
                 k = _rms_norm(k, layer.k_norm, cfg.rms_norm_eps, cfg.head_dim)
-            ops.rope(q, k, positions, cfg.head_dim, la.rope_theta, neox, *self.rope_freqs)
+            ops.rope(q, k, positions, cfg.head_dim, la.rope_theta, neox, *freqs)
             ops.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
             window = (la.window,) if la.window else ()  # only torch_ops bound a window (see __init__)
             ops.paged_attention(attn, q, k_cache, v_cache, block_tables, query_start_loc, context_lens,

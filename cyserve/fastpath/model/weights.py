@@ -40,6 +40,18 @@ class Weight:
     data: np.ndarray  # uint8[rows, row_bytes], C-contiguous, memory-mapped
 
 
+def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
+    """A fused tensor's parts (Phi-3's qkv, gate/up), consecutive runs of `sizes` rows: views of
+    the same bytes."""
+    if sum(sizes) != w.rows:
+        raise ValueError(f"{w.name!r} has {w.rows} rows, not {' + '.join(map(str, sizes))}")
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
+        start += size
+    return tuple(parts)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -59,6 +71,7 @@ class ModelConfig:
     attention_scale: float = 0.0  # scores = q.k * attention_scale; 0: 1/sqrt(head_dim)
     sliding_window: int = 0  # keys a local layer's query sees, its own included; 0: no local layers
     final_logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0: none
+    rope_linear_scale: float = 1.0  # linear rope scaling: positions / factor on the global layers
 
     @property
     def query_scale(self) -> float:
@@ -109,9 +122,11 @@ class ModelWeights:
 
     @property
     def layer_attention(self) -> tuple[LayerAttention, ...]:
-        """Each layer's sliding window and rotary base (architecture.Architecture.layer_attention)."""
+        """Each layer's sliding window, rotary base and frequency divisors
+        (architecture.Architecture.layer_attention)."""
         cfg = self.config
-        return self.arch.layer_attention(cfg.num_layers, cfg.sliding_window, cfg.rope_theta)
+        return self.arch.layer_attention(cfg.num_layers, cfg.sliding_window, cfg.rope_theta, self.rope_freqs,
+                                         cfg.rope_linear_scale, cfg.head_dim)
 
     def __post_init__(self) -> None:
         """A layer holds a feature's tensors exactly when the architecture has the feature, so a
