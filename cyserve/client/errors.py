@@ -3,6 +3,7 @@
 message that says what the caller should change."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -11,6 +12,14 @@ from grpc_status import rpc_status
 
 # Words gRPC puts in an UNAVAILABLE status when the connection failed in its TLS handshake.
 _TLS_WORDS = ("ssl", "tls", "handshake", "certificate")
+
+# How hints name the options a caller should change (the `cyserve` command passes its flags).
+OPTION_NAMES = {
+    "token": "token= (env CYSERVE_TOKEN)",
+    "tls_ca": "tls_ca= (env CYSERVE_TLS_CA)",
+    "client_cert": "a client certificate and key, tls_cert= and tls_key= (env CYSERVE_CLIENT_CERT, CYSERVE_CLIENT_KEY)",
+    "server": "the server",
+}
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class CallError(Exception):
         self.address = address
         self.tls = tls  # the channel used TLS
         self.client_cert = client_cert  # ... and presented a client certificate
-        super().__init__(self._message())
+        super().__init__(self.describe())
 
     @classmethod
     def from_rpc_error(cls, exc: grpc.RpcError, address: str = "", tls: bool = False,
@@ -83,32 +92,37 @@ class CallError(Exception):
             return not self.tls_failed
         return self.code is grpc.StatusCode.RESOURCE_EXHAUSTED and self.retry_delay_s is not None
 
-    def hint(self) -> str:
-        """What the caller should change, or "" when the status says it all."""
+    def hint(self, names: Mapping[str, str] | None = None) -> str:
+        """What the caller should change, or "" when the status says it all. `names` renames the
+        options the hint points to (keys of OPTION_NAMES), e.g. to a command's flags."""
+        name = {**OPTION_NAMES, **(names or {})}
         if self.code is grpc.StatusCode.UNAUTHENTICATED:
-            return "the server refused the call's bearer token (none or a wrong one): send the server's token"
+            return (f"the server refused the call's bearer token (none or a wrong one): give the server's token "
+                    f"with {name['token']}")
         if self.tls_failed:
-            return ("the TLS handshake failed: the CA must be the one that signed the server's certificate, "
-                    "the address must match a name in it, and a server with mutual TLS needs a client "
-                    "certificate and key its client CA signed")
+            return (f"the TLS handshake failed: {name['tls_ca']} must be the CA that signed the server's "
+                    "certificate and the address a name in that certificate; a server with mutual TLS also "
+                    f"needs {name['client_cert']} signed by its client CA")
         if self.code is grpc.StatusCode.UNAVAILABLE:
             where = f" at {self.address}" if self.address else ""
+            running = f"is {name['server']} running{where}"
             if not self.tls:
-                return f"is the server running{where} (or serving TLS, which needs a CA for the client)?"
+                return f"{running} (or serving TLS, which needs {name['tls_ca']})?"
             if not self.client_cert:
-                return (f"is the server running{where}? A server with mutual TLS also closes the connection "
-                        "of a client without a certificate: give a client certificate and key")
-            return f"is the server running{where}?"
+                return (f"{running}? A server with mutual TLS also closes the connection of a client without "
+                        f"a certificate: give {name['client_cert']}")
+            return f"{running}?"
         return ""
 
-    def _message(self) -> str:
+    def describe(self, names: Mapping[str, str] | None = None) -> str:
+        """The status, its details, one line per bad field, and the hint (see `hint`)."""
         lines = [f"{self.code.name}: {self.details}" if self.details else self.code.name]
         lines += [f"  {v.field}: {v.description}" for v in self.violations]
         if self.reason:
             lines[0] += f" [{self.reason}]"
         if self.retry_delay_s is not None:
             lines[0] += f" (retry after {self.retry_delay_s:g} s)"
-        hint = self.hint()
+        hint = self.hint(names)
         if hint:
             lines[0] += f"; {hint}"
         return "\n".join(lines)

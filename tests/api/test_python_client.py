@@ -195,7 +195,7 @@ def test_a_refused_certificate_says_so_and_is_not_retried(secure, pki, tmp_path,
     error = caught.value
     assert error.code is grpc.StatusCode.UNAVAILABLE, error
     if problem == "plaintext":
-        assert "serving TLS, which needs a CA" in str(error)
+        assert "serving TLS, which needs tls_ca=" in str(error)
     elif problem == "no client certificate":  # the server closes the connection: a restart looks the same
         assert "mutual TLS also closes the connection of a client without a certificate" in str(error), error
     else:
