@@ -1,5 +1,5 @@
-// Package cyservev1 holds the Go stubs of protos/cyserve/v1, generated into this folder by
-// `go generate ./...` from clients/go (protoc, protoc-gen-go and protoc-gen-go-grpc on PATH).
+// Package cyservev1 holds the Go stubs of protos/cyserve/v1, generated here by running
+// `go generate` in this folder (protoc, protoc-gen-go and protoc-gen-go-grpc on PATH).
 // The generated files are not committed: the .proto files are the source of truth.
 package cyservev1
 
