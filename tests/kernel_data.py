@@ -1,13 +1,13 @@
 """Deterministic test data and named tolerances for the kernel parity tests (ggml style), CPU
 (tests/kernels) and GPU (tests/cuda) alike."""
 import numpy as np
-from gguf import quants
-from gguf.constants import GGMLQuantizationType
-
 from cyserve.kernels import reference as R
 
-WTYPES = [R.F32, R.F16, R.BF16, R.Q4_0, R.Q4_1, R.Q8_0]
-QUANT_WTYPES = [R.Q4_0, R.Q4_1, R.Q8_0]
+# The 32-element formats (int8 activations in blocks of 32) and the K-quants (Q8_K activations).
+QUANT_WTYPES = [R.Q4_0, R.Q4_1, R.Q5_0, R.Q5_1, R.Q8_0]
+KQUANT_WTYPES = [R.Q2_K, R.Q3_K, R.Q4_K, R.Q5_K, R.Q6_K]
+WTYPES = [R.F32, R.F16, R.BF16] + QUANT_WTYPES
+CUDA_QUANT_WTYPES = [R.Q4_0, R.Q4_1, R.Q8_0]  # the formats the CUDA dequantizing GEMV reads
 
 # Named tolerances. Decoding is exact but for one rounding (the SIMD path fuses q*d+m into an
 # FMA); dot products add f32 rounding of order sqrt(K) * eps * |terms|.
@@ -24,12 +24,10 @@ def rng(seed: int) -> np.random.Generator:
 
 
 def make_weight(r: np.random.Generator, N: int, K: int, wtype: int) -> np.ndarray:
-    """Raw rows uint8[N, row_bytes] of a random N x K weight in format wtype (via gguf)."""
+    """Raw rows uint8[N, row_bytes] of a random N x K weight in format wtype (the reference
+    quantizers: the same bytes as gguf's where gguf has one)."""
     W = r.standard_normal((N, K)).astype(np.float32)
-    if wtype == R.F32:
-        return W.view(np.uint8).reshape(N, -1)
-    q = quants.quantize(W, GGMLQuantizationType(wtype))
-    return np.ascontiguousarray(q.view(np.uint8).reshape(N, -1))
+    return R.quantize(W, wtype)
 
 
 def matmul_atol(K: int) -> float:

@@ -25,9 +25,10 @@ BLOCK = 16
 IDS = [3, 17, 42, 5, 88, 1, 63, 29, 7, 70, 11, 54, 90, 2, 36, 81, 19, 44, 60, 8, 33, 77, 14, 50]
 
 
-def tiny_llama(directory, dtype=torch.float32, shard: str | None = None, seed: int = 3) -> LlamaForCausalLM:
+def tiny_llama(directory, dtype=torch.float32, shard: str | None = None, seed: int = 3,
+               hidden: int = 64, intermediate: int = 128) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=96, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).to(dtype).eval()
@@ -88,6 +89,33 @@ def test_quantize_on_load_is_the_reference_quantizer(tmp_path, name):
         assert np.array_equal(b.data, theirs.reshape(b.data.shape))
     ours, ref = our_logits(quantized, IDS), reference_logits(tmp_path, IDS)
     assert np.abs(ours - ref).max() < (0.1 if name == "q8_0" else 0.5)
+
+
+def test_quantize_q4_k_on_load(tmp_path):
+    """K-quants need rows of whole 256-element super-blocks: a tiny model 256 wide. gguf has no
+    Q4_K quantizer, so the bytes are checked against ours and the decode against gguf's."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    tiny_llama(tmp_path, hidden=256, intermediate=512)
+    plain, quantized = load_hf_checkpoint(str(tmp_path)), load_hf_checkpoint(str(tmp_path), "q4_k")
+    assert quantized.config.file_type == "Q4_K"
+    assert dict(quantized.config.tensor_types)["Q4_K"] == 2 * 7 + 2
+    for a, b in [(plain.layers[0].w_down, quantized.layers[0].w_down), (plain.token_embd, quantized.token_embd),
+                 (plain.layers[1].wq, quantized.layers[1].wq)]:
+        assert b.wtype == WeightType.Q4_K and b.data.shape == (a.rows, a.cols // 256 * 144)
+        f32 = a.data.view(np.float32).reshape(a.rows, a.cols)
+        assert np.array_equal(b.data, reference_quants.quantize(f32, int(WeightType.Q4_K)))
+        back = gguf_dequantize(b.data, GGMLQuantizationType.Q4_K).reshape(a.rows, a.cols)
+        assert np.sqrt(((back - f32) ** 2).mean() / (f32 ** 2).mean()) < 0.1
+    ours, ref = our_logits(quantized, IDS), reference_logits(tmp_path, IDS)
+    assert np.abs(ours - ref).max() < 0.5
+
+
+def test_quantize_q4_k_refuses_rows_off_the_super_block(tmp_path):
+    tiny_llama(tmp_path)  # 64 wide
+    with pytest.raises(ModelLoadError, match="Q4_K"):
+        load_hf_checkpoint(str(tmp_path), "q4_k")
 
 
 def test_tokenizer_json_matches_tokenizers(smollm2_hf_dir):

@@ -1,7 +1,7 @@
 """A model file cyserve cannot serve fails at startup with a message naming the file and the problem."""
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
 from cyserve.fastpath.errors import ModelLoadError
 from cyserve.fastpath.model.gguf_loader import WeightType, load_gguf
@@ -33,7 +33,7 @@ def write_tiny_llama(path, arch="llama", ffn_type=None, hidden=64, layers=2, voc
         if ffn_type is None:
             w.add_tensor(p + "ffn_gate.weight", f(2 * hidden, hidden))
         else:  # raw bytes of a type we do not read: [rows, row_bytes]
-            block, size = 256, 210  # Q6_K
+            block, size = GGML_QUANT_SIZES[ffn_type]
             raw = rng.integers(0, 255, (2 * hidden, hidden // block * size or size), dtype=np.uint8)
             w.add_tensor(p + "ffn_gate.weight", raw, raw_dtype=ffn_type)
     w.write_header_to_file()
@@ -85,7 +85,17 @@ def test_other_architecture(tmp_path):
         load_gguf(write_tiny_llama(tmp_path / "gpt2.gguf", arch="gpt2"))
 
 
+@pytest.mark.parametrize("ffn_type", ["Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_quantized_tensor_types_load_in_place(tmp_path, ffn_type):
+    qtype = GGMLQuantizationType[ffn_type]
+    m = load_gguf(write_tiny_llama(tmp_path / "q.gguf", hidden=256, ffn_type=qtype))
+    gate = m.layers[1].w_gate
+    block, size = GGML_QUANT_SIZES[qtype]
+    assert gate.wtype == WeightType[ffn_type] and (gate.rows, gate.cols) == (512, 256)
+    assert gate.data.shape == (512, 256 // block * size) and not gate.data.flags.owndata
+
+
 def test_unsupported_tensor_type(tmp_path):
-    path = write_tiny_llama(tmp_path / "q6k.gguf", hidden=256, ffn_type=GGMLQuantizationType.Q6_K)
-    with pytest.raises(ModelLoadError, match=r"blk\.0\.ffn_gate\.weight.*Q6_K"):
+    path = write_tiny_llama(tmp_path / "iq4nl.gguf", hidden=256, ffn_type=GGMLQuantizationType.IQ4_NL)
+    with pytest.raises(ModelLoadError, match=r"blk\.0\.ffn_gate\.weight.*IQ4_NL"):
         load_gguf(path)

@@ -31,6 +31,7 @@ class ModelInfo:
     chat_template: str  # "" when the model has none
     head_dim: int = 0
     tensor_types: tuple[tuple[str, int], ...] = ()  # (GGML type name, number of tensors), most first
+    default_sampling: tuple[tuple[str, float], ...] = ()  # SamplingParams fields the model recommends
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class TokenizerClient(Protocol):
     vocab_size: int
 
     def encode(self, text: str, parse_special: bool = True) -> list[int]: ...
+
+    def with_bos(self, ids: Sequence[int]) -> list[int]:
+        """`ids` as a prompt: the BOS the vocabulary asks for in front, once."""
+        ...
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str: ...
 

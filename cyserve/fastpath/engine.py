@@ -74,8 +74,10 @@ class Engine:
         self.allocator = BlockAllocator(setup.num_blocks, config.block_size, config.enable_prefix_caching)
         self.kv = KVCacheManager(self.allocator)
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
-        self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>"),
-                                                   tokenizer.token_to_id("<|eot_id|>"), *model.end_token_ids)
+        # the tokenizer's end-of-generation ids (eos, eot, eom, <end_of_turn>, <|im_end|>, ...) and
+        # the checkpoint's own (HF generation_config)
+        self.eos_token_ids = frozenset(t for t in (tokenizer.eos_token_id, *tokenizer.eog_token_ids,
+                                                   *model.end_token_ids)
                                        if t is not None)
         self.model_info = self._model_info()
         self._inbox: collections.deque = collections.deque()  # ("add", seq, sub) | ("abort" | "resume", id)
@@ -105,6 +107,7 @@ class Engine:
             eos_token_id=_id_or_none(self.tokenizer.eos_token_id),
             chat_template=chat_template(self.model.chat_template, cfg.architecture, self.config.chat_template),
             head_dim=cfg.head_dim, tensor_types=cfg.tensor_types,
+            default_sampling=self.model.default_sampling,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------

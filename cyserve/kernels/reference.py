@@ -140,23 +140,28 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float,
     return _write(x64 * inv * weight.astype(np.float64), out)
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin of angle pos * theta^(-2i/head_dim) for i in 0..head_dim/2, shape [T, head_dim/2]."""
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float,
+                 freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of angle pos * theta^(-2i/head_dim) / freq_factors[i] for i in 0..head_dim/2,
+    shape [T, head_dim/2] (freq_factors None: all 1)."""
     inv_freq = float(theta) ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if freq_factors is not None:
+        inv_freq = inv_freq / np.asarray(freq_factors, dtype=np.float64)
     ang = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     return np.cos(ang), np.sin(ang)
 
 
 def rope(x: np.ndarray, positions: np.ndarray, num_heads: int, head_dim: int, theta: float,
-         neox: bool) -> np.ndarray:
+         neox: bool, freq_factors: np.ndarray | None = None) -> np.ndarray:
     """Rotary embedding of x[T, H*Dh], in place; returns x.
 
     neox=False: GGUF/llama.cpp layout, pair i is (2i, 2i+1). neox=True: pair i is (i, i+Dh/2).
+    freq_factors (f32[Dh/2]) divide pair i's frequency (Llama 3.1's rope_freqs); None: none.
     """
     T = x.shape[0]
     if head_dim % 2 or x.shape[1] != num_heads * head_dim:
         raise ValueError(f"x must be f32[T, {num_heads}*{head_dim}] with even head_dim")
-    cos, sin = rope_cos_sin(positions, head_dim, theta)
+    cos, sin = rope_cos_sin(positions, head_dim, theta, freq_factors)
     cos, sin = cos[:, None, :], sin[:, None, :]                # [T, 1, Dh/2]
     xh = x.astype(np.float64).reshape(T, num_heads, head_dim)   # [T, H, Dh]
     if neox:

@@ -53,6 +53,10 @@ async def bench(plan: BenchPlan) -> int:
     async with contextlib.AsyncExitStack() as stack:
         systems = [_primary_backend(plan)]
         stack.push_async_callback(systems[0].close)
+        if plan.also_http:
+            http = OpenAIBackend(plan.also_http, label="cyserve-http", model=plan.model_name)
+            stack.push_async_callback(http.close)
+            systems.append(http)
         if plan.spawn_llama_server:
             base_url = stack.enter_context(running_llama_server(_llama_config(plan)))
             llama = OpenAIBackend(base_url, label="llama.cpp")

@@ -39,6 +39,7 @@ class BenchPlan:
     model_path: str | None
     num_threads: int | None
     parallel: int | None
+    also_http: str | None = None  # cyserve's own OpenAI HTTP API, run beside the primary system
 
     @property
     def llama_parallel(self) -> int:
@@ -108,6 +109,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
         model_path=args.model,
         num_threads=args.threads,
         parallel=args.parallel,
+        also_http=args.also_http,
     )
 
 
@@ -127,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_address: str) -> None
     target.add_argument("--base-url", help="server URL with --backend openai, e.g. http://127.0.0.1:8080")
     target.add_argument("--model-name", help="`model` field sent to an OpenAI server "
                                              "(default: the first one its /v1/models lists)")
+    target.add_argument("--also-http", metavar="URL",
+                        help="also drive cyserve's OpenAI-compatible HTTP API at URL (e.g. "
+                        "http://127.0.0.1:8000) with the same requests, reported as cyserve-http")
     target.add_argument("--label", help="name of the system in reports (default cyserve / openai)")
 
     load = parser.add_argument_group("load")

@@ -341,7 +341,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             engine_request = EngineRequest(
                 request_id=engine_request_id,
                 prompt_token_ids=prompt_token_ids,
-                sampling=sampling_params(request.sampling, request.output, index, seed),
+                sampling=sampling_params(request.sampling, request.output, index, seed,
+                                         defaults=self._model_info.default_sampling),
                 stopping=stopping_params(request.stopping),
                 priority=request.priority,
                 cache_salt=request.cache_salt or None,
@@ -395,21 +396,24 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             return list(request.prompt_token_ids)
         if request.messages:
             return self._encode_chat(request)[1]
-        # A raw prompt is the caller's own markup: special tokens written in it count as such.
-        return list(self._engine.tokenizer.encode(request.prompt, parse_special=True))
+        # A raw prompt is the caller's own markup: special tokens written in it count as such. The
+        # BOS the vocabulary asks for (Gemma's <bos>) goes in front unless the prompt writes it.
+        tokenizer = self._engine.tokenizer
+        return tokenizer.with_bos(tokenizer.encode(request.prompt, parse_special=True))
 
     def _encode_chat(self, request: pb.GenerateRequest) -> tuple[str, list[int]]:
         """The rendered prompt and its token ids (runs in a worker thread). Message content is
-        plain text: special tokens come only from the template's own text."""
+        plain text: special tokens come only from the template's own text. The BOS the vocabulary
+        asks for is added once: not again when the template writes it ({{ bos_token }})."""
         rendered = self._render_chat(request)
-        encode = self._engine.tokenizer.encode
+        tokenizer = self._engine.tokenizer
         if rendered.parts is None:  # the template transforms content: refuse what could forge
             self._refuse_special_text(request)
-            return rendered.text, list(encode(rendered.text, parse_special=True))
+            return rendered.text, tokenizer.with_bos(tokenizer.encode(rendered.text, parse_special=True))
         token_ids: list[int] = []
         for text, special in prompt_pieces(rendered.parts, self._special_tokens):
-            token_ids.extend(encode(text, parse_special=special))
-        return rendered.text, token_ids
+            token_ids.extend(tokenizer.encode(text, parse_special=special))
+        return rendered.text, tokenizer.with_bos(token_ids)
 
     def _refuse_special_text(self, request: pb.GenerateRequest) -> None:
         if self._special_tokens is None:
@@ -503,6 +507,8 @@ def model_info_message(info: ModelInfo) -> pb.ModelInfo:
         head_dim=info.head_dim,
         tensor_types=dict(info.tensor_types),
     )
+    for name, value in info.default_sampling:
+        setattr(message.default_sampling, name, value)
     if info.bos_token_id >= 0:
         message.bos_token_id = info.bos_token_id
     if info.eos_token_id >= 0:

@@ -180,20 +180,23 @@ def _output_violations(output: pb.OutputOptions, limits) -> list[FieldViolation]
 
 
 def sampling_params(sampling: pb.SamplingParams, output: pb.OutputOptions | None = None,
-                    index: int = 0, default_seed: int | None = None) -> SamplingParams:
-    """The engine's SamplingParams: fields the caller set, the engine's defaults for the rest.
+                    index: int = 0, default_seed: int | None = None,
+                    defaults: pb.SamplingParams | None = None) -> SamplingParams:
+    """The engine's SamplingParams: fields the caller set, then the fields `defaults` (the
+    model's recommendation, ModelInfo.default_sampling) sets, the engine's defaults for the rest.
 
     Completion `index` of n uses seed + index (of the caller's seed, else of `default_seed`), so
     each completion differs and every one is reproducible from the echoed seed. Only completion 0
     scores the prompt (prompt_logprobs): the others would repeat it, and could not use the prefix
     cache while doing so.
     """
-    given: dict = {
-        name: getattr(sampling, name)
-        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                     "presence_penalty", "frequency_penalty")
-        if sampling.HasField(name)
-    }
+    given: dict = {}
+    for source in (defaults, sampling):
+        if source is not None:
+            given |= {name: getattr(source, name)
+                      for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                   "presence_penalty", "frequency_penalty")
+                      if source.HasField(name)}
     seed = sampling.seed if sampling.HasField("seed") else default_seed
     if seed is not None:
         given["seed"] = (seed + index) & SEED_MASK

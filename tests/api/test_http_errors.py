@@ -3,6 +3,8 @@
 503 with Retry-After while the model loads and while the server drains. No error leaks KV blocks."""
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import openai
 import pytest
@@ -180,3 +182,56 @@ def test_while_draining_new_calls_are_503_and_calls_in_flight_finish(engine):
         assert first.choices[0].delta.role == "assistant"
         assert rest[-1].choices[0].finish_reason == "length"  # ran to its end within the grace
         stopping.result(60)
+
+
+def test_a_stream_dropped_mid_way_aborts_and_returns_every_block(engine):
+    """The client closes its connection after a few chunks: the request is aborted (it does not
+    run to max_tokens), its KV blocks come back, and the server keeps answering."""
+    with serving(engine, http_port=0) as server:
+        client = openai.OpenAI(base_url=server.http_address + "/v1", api_key="x", max_retries=0)
+        name = client.models.list().data[0].id
+        stream = client.chat.completions.create(model=name, messages=HI, max_tokens=2000, stream=True,
+                                                extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        for _ in range(3):
+            next(chunks)
+        assert engine.stats().num_running == 1
+        stream.close()  # drops the TCP connection mid-stream
+        assert wait_until(lambda: engine.stats().num_running == 0, timeout=20), "the request ran on"
+        assert wait_until(lambda: engine.stats().num_free_blocks == engine.stats().num_total_blocks)
+        again = client.chat.completions.create(model=name, messages=HI, max_tokens=2)
+        assert again.choices[0].message.content is not None
+
+
+def test_metrics_are_scraped_on_the_http_port_too_without_a_token(engine):
+    """An inference gateway's endpoint picker reads the queue and KV-cache gauges from the port it
+    routes to, with no token: the same exposition as --metrics-port."""
+    with serving(engine, http_port=0, metrics_port=0, auth_token="s3cret") as server:
+        r = httpx.get(server.http_address + "/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        names = {line.split("{")[0].split(" ")[0] for line in r.text.splitlines() if not line.startswith("#")}
+        assert {"cyserve:num_requests_waiting", "cyserve:num_requests_running",
+                "cyserve:kv_cache_usage_perc"} <= names, sorted(names)
+        scraped = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics").text
+        assert "cyserve:kv_cache_usage_perc" in scraped
+        assert httpx.get(server.http_address + "/v1/models").status_code == 401
+
+
+def test_https_with_the_grpc_ports_certificate_and_token(engine, tmp_path):
+    """The HTTP API is served over TLS with the files gRPC uses, and with its bearer token."""
+    from cyserve.service.tls import TLSFiles, server_credentials
+
+    from .support import make_pki
+
+    make_pki(tmp_path)
+    cert, key = str(tmp_path / "server.pem"), str(tmp_path / "server.key")
+    with serving(engine, credentials=server_credentials(cert, key), http_port=0,
+                 http_tls=TLSFiles(cert, key), auth_token="s3cret") as server:
+        url = server.http_address.replace("127.0.0.1", "localhost")  # the name the certificate holds
+        assert url.startswith("https://")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))) as http:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0, http_client=http)
+            name = client.models.list().data[0].id
+            assert client.chat.completions.create(model=name, messages=HI, max_tokens=1).choices
+        with pytest.raises(httpx.TransportError):  # plaintext HTTP on the TLS port gets no answer
+            httpx.get(url.replace("https://", "http://") + "/health", timeout=5)

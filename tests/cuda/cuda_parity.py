@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from cyserve.kernels import reference as R
-from kernel_data import QUANT_WTYPES, PagedBatch, make_weight
+from kernel_data import CUDA_QUANT_WTYPES as QUANT_WTYPES
+from kernel_data import PagedBatch, make_weight
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:

@@ -162,6 +162,8 @@ def container_env(pod: Pod, container: Doc) -> dict[str, str]:
             env[var["name"]] = str(var["value"])
         elif "resourceFieldRef" in var.get("valueFrom", {}):
             env[var["name"]] = _resource_field(container, var["valueFrom"]["resourceFieldRef"])
+        elif "fieldRef" in var.get("valueFrom", {}):  # the pod's own metadata: known only when it runs
+            env[var["name"]] = f"<{var['valueFrom']['fieldRef']['fieldPath']}>"
         else:
             raise AssertionError(f"{pod.source}: env {var['name']} has a source not modelled here")
     return env

@@ -243,7 +243,9 @@ def no_prompt_logging(pod: Pod) -> list[str]:
 
 
 def no_api_token(pod: Pod) -> list[str]:
-    if pod.spec.get("automountServiceAccountToken") is False:
+    """A pod that runs cyserve has no Kubernetes API token (cyserve never calls the API); other
+    pods of an example (an inference gateway's endpoint picker) may need theirs."""
+    if not pod.servers() or pod.spec.get("automountServiceAccountToken") is False:
         return []
     return [f"{pod.source}: automountServiceAccountToken is not false"]
 

@@ -41,7 +41,7 @@ def _no_service_links_guard(pod: Pod) -> None:
 # policy -> (which pod to break, how); each must make the policy report a problem.
 BREAKAGES: dict[str, tuple[str, Callable[[Pod], None]]] = {
     "settings_parse": ("overlays/standalone", lambda p: _set_env(p, "CYSERVE_THREDS", "2")),
-    "native_sidecar": ("examples/", lambda p: _server(p).pop("restartPolicy")),
+    "native_sidecar": ("examples/sidecar-caller", lambda p: _server(p).pop("restartPolicy")),
     "grpc_probes": ("overlays/standalone",
                     lambda p: _server(p).update(readinessProbe={"tcpSocket": {"port": 50051}})),
     "whole_cores": ("overlays/standalone", lambda p: _server(p)["resources"]["limits"].update(cpu="1500m")),
@@ -49,10 +49,10 @@ BREAKAGES: dict[str, tuple[str, Callable[[Pod], None]]] = {
     "memory_fits_model_and_kv": ("examples/",
                                  lambda p: _server(p)["resources"]["limits"].update(memory="256Mi")),
     "grace_outlasts_drain": ("overlays/standalone", lambda p: p.spec.update(terminationGracePeriodSeconds=12)),
-    "listens_where_probes_reach": ("examples/", lambda p: _set_env(p, "CYSERVE_HOST", "127.0.0.1")),
+    "listens_where_probes_reach": ("examples/sidecar-caller", lambda p: _set_env(p, "CYSERVE_HOST", "127.0.0.1")),
     "service_links_cannot_set_port": ("overlays/standalone", _no_service_links_guard),
-    "hardened": ("examples/", lambda p: p.clients()[0]["securityContext"].pop("readOnlyRootFilesystem")),
-    "no_prompt_logging": ("examples/", lambda p: p.clients()[0]["env"].append(
+    "hardened": ("examples/sidecar-caller", lambda p: p.clients()[0]["securityContext"].pop("readOnlyRootFilesystem")),
+    "no_prompt_logging": ("examples/sidecar-caller", lambda p: p.clients()[0]["env"].append(
         {"name": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "value": "true"})),
     "no_api_token": ("overlays/standalone", lambda p: p.spec.pop("automountServiceAccountToken")),
 }

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from . import custom_resources
 from .manifests import K8S, Doc, kustomizations, pod_spec
 
 # Native sidecars and the preStop sleep action are on by default from 1.30 (docs/deploying.md).
@@ -38,6 +39,8 @@ def test_rendered_documents_pass_strict_schema_validation(
     failures = []
     for directory, docs in rendered.items():
         for doc in docs:
+            if custom_resources.is_custom(doc):
+                continue  # test_custom_resources_pass_their_crd_schema
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
@@ -61,8 +64,33 @@ def test_kubernetes_validate_command_accepts_the_rendering(
     files = []
     for directory, docs in rendered.items():
         path = tmp_path / f"{'-'.join(directory.relative_to(K8S).parts)}.yaml"
-        path.write_text(yaml.safe_dump_all(docs))
+        path.write_text(yaml.safe_dump_all([d for d in docs if not custom_resources.is_custom(d)]))
         files.append(str(path))
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", *files],
                             check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_custom_resources_pass_their_crd_schema(rendered: dict[Path, list[Doc]]) -> None:
+    """PodMonitor and InferencePool against their CRDs' schemas, unknown fields rejected."""
+    seen, failures = set(), []
+    for directory, docs in rendered.items():
+        for doc in docs:
+            if custom_resources.is_custom(doc):
+                seen.add(doc["kind"])
+                failures += [f"{directory.relative_to(K8S)} {doc['kind']}/{doc['metadata']['name']}: {p}"
+                             for p in custom_resources.problems(doc)]
+    assert not failures, "\n".join(failures)
+    assert {"PodMonitor", "InferencePool"} <= seen
+
+
+@pytest.mark.parametrize("kind,breakage,expected", [
+    ("InferencePool", lambda d: d["spec"].pop("targetPorts"), "targetPorts"),
+    ("InferencePool", lambda d: d["spec"]["endpointPickerRef"].update(failureMode="Sometimes"), "Sometimes"),
+    ("PodMonitor", lambda d: d["spec"]["podMetricsEndpoints"][0].update(prot="metrics"), "prot"),
+])
+def test_crd_validation_catches_a_broken_resource(rendered: dict[Path, list[Doc]], kind, breakage, expected) -> None:
+    doc = copy.deepcopy(next(d for docs in rendered.values() for d in docs if d["kind"] == kind))
+    assert not custom_resources.problems(doc)
+    breakage(doc)
+    assert any(expected in p for p in custom_resources.problems(doc)), custom_resources.problems(doc)

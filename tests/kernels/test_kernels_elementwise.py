@@ -55,6 +55,27 @@ def test_rope(simd, neox, T, H, Dh):
     np.testing.assert_allclose(x, expected, rtol=0, atol=ROPE_ATOL)
 
 
+@pytest.mark.parametrize("neox", [False, True], ids=["gguf", "neox"])
+@pytest.mark.parametrize("T", [1, 3, 17])
+@pytest.mark.parametrize("H,Dh", [(3, 6), (4, 48), (2, 128)])
+def test_rope_frequency_factors(simd, neox, T, H, Dh):
+    """Llama 3.1's rope_freqs: pair i turns at theta^(-2i/Dh) / factor_i, factors 1 to 8 as the
+    converter writes them; factors of one are no factors."""
+    r = rng(T * Dh + H + 1)
+    x = r.standard_normal((T, H * Dh)).astype(np.float32)
+    pos = r.integers(0, 8192, T).astype(np.int32)
+    factors = np.exp(r.uniform(0, np.log(8.0), Dh // 2)).astype(np.float32)
+    expected = R.rope(x.copy(), pos, H, Dh, 500000.0, neox, factors)
+    got = x.copy()
+    rope.rope(got, pos, H, Dh, 500000.0, neox, factors)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ROPE_ATOL)
+    assert np.abs(expected - R.rope(x.copy(), pos, H, Dh, 500000.0, neox)).max() > 0.1
+    ones, plain = x.copy(), x.copy()
+    rope.rope(ones, pos, H, Dh, 500000.0, neox, np.ones(Dh // 2, np.float32))
+    rope.rope(plain, pos, H, Dh, 500000.0, neox)
+    np.testing.assert_array_equal(ones, plain)
+
+
 def test_rope_position_zero_is_identity_and_layouts_differ(simd):
     x = rng(1).standard_normal((2, 128)).astype(np.float32)
     y = x.copy()
@@ -82,6 +103,10 @@ def test_rope_rejects_malformed_inputs():
         rope.rope(x, pos, 1, 64, 0.0, False)
     with pytest.raises(ValueError, match="dtype mismatch"):
         rope.rope(x, np.zeros(2, np.int64), 1, 64, 1e4, False)
+    with pytest.raises(ValueError, match=r"freq_factors must be float32\[32\]"):
+        rope.rope(x, pos, 1, 64, 1e4, False, np.ones(31, np.float32))
+    with pytest.raises(ValueError, match=r"freq_factors\[3\] must be a finite number > 0"):
+        rope.rope(x, pos, 1, 64, 1e4, False, np.where(np.arange(32) == 3, 0.0, 1.0).astype(np.float32))
     assert (x == 1).all()
 
 

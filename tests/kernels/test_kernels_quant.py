@@ -266,7 +266,7 @@ def _valid():
     return np.ones((2, 64), np.float32), w, np.zeros((2, 8), np.float32)
 
 
-@pytest.mark.parametrize("wtype,K,match", [(7, 64, "unsupported wtype"), (R.Q4_0, 48, "multiple of 32"),
+@pytest.mark.parametrize("wtype,K,match", [(9, 64, "unsupported wtype"), (20, 64, "unsupported wtype"), (R.Q4_0, 48, "multiple of 32"),
                                            (R.Q8_0, 0, "positive multiple")])
 def test_row_bytes_rejects(wtype, K, match):
     with pytest.raises(ValueError, match=match):
@@ -284,7 +284,7 @@ def test_matmul_rejects_malformed_inputs():
     with pytest.raises(ValueError, match=r"out must be float32\[2, 8\]"):
         qm.matmul(x, w, R.Q4_0, np.zeros((2, 7), np.float32))
     with pytest.raises(ValueError, match="unsupported wtype"):
-        qm.matmul(x, w, 12, out)
+        qm.matmul(x, w, 20, out)
     with pytest.raises(ValueError, match="dtype mismatch"):
         qm.matmul(x.astype(np.float64), w, R.Q4_0, out)
     with pytest.raises(ValueError, match="contiguous"):

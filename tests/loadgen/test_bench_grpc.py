@@ -3,6 +3,7 @@ users run them: the numbers must be complete and consistent (no timing threshold
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,11 +20,11 @@ RUN_TIMEOUT = 600.0
 class Serve:
     """`cyserve serve --port 0` in a subprocess; its address comes from the server.started log."""
 
-    def __init__(self) -> None:
+    def __init__(self, **env: str) -> None:
         self.proc = subprocess.Popen(
             [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
              "--threads", "1"],  # one thread: no OpenMP barriers to stall on a busy machine
-            cwd=REPO, env=clean_env(CYSERVE_METRICS_PORT="0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO, env=clean_env(CYSERVE_METRICS_PORT="0", **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
         self.lines: list[str] = []
@@ -101,3 +102,26 @@ def test_poisson_arrivals_with_shared_prefix_report(server: Serve) -> None:
     assert 3 * (32 + 4) <= int(lines["Total input tokens"]) <= 3 * (32 + 12)
     assert 3 * 2 <= int(lines["Total generated tokens"]) <= 3 * 6
     assert float(lines["Output token throughput (tok/s)"]) > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_same_requests_over_grpc_and_http_side_by_side() -> None:
+    """--also-http: cyserve's OpenAI HTTP API gets the very requests gRPC got, reported beside it."""
+    port = _free_port()
+    serve = Serve(CYSERVE_HTTP_PORT=str(port), CYSERVE_HOST="127.0.0.1")
+    try:
+        done = bench(serve, "--also-http", f"http://127.0.0.1:{port}", "--concurrency", "2",
+                     "--num-requests", "4", "--input-len", "24", "--output-len", "6", "--json")
+    finally:
+        serve.stop()
+    assert done.returncode == 0, done.stderr
+    systems = json.loads(done.stdout)["systems"]
+    assert set(systems) == {"cyserve", "cyserve-http"}
+    for figures in systems.values():
+        assert figures["completed"] == 4 and figures["failed"] == 0
+        assert figures["total_input_tokens"] == 4 * 24 and figures["total_output_tokens"] == 4 * 6

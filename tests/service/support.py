@@ -34,6 +34,9 @@ class FakeTokenizer:
     def encode(self, text: str, parse_special: bool = True) -> list[int]:
         return [b + 10 for b in text.encode()]
 
+    def with_bos(self, ids: list[int]) -> list[int]:
+        return list(ids)                        # like SmolLM2: the vocabulary asks for no BOS
+
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         return bytes(i - 10 for i in ids if i >= 10).decode(errors="replace")
 

@@ -19,6 +19,9 @@ One block, as every backend runs it (optional steps in brackets):
 and around the blocks: h = embedding(ids) [* sqrt(hidden)]; logits = output_norm(h) @ Wout, with
 Wout the embedding when the file ties them [, then cap * tanh(logits / cap)].
 
+Files may fuse q, k and v into one tensor, and gate and up into another (Phi-3); the loaders
+split such a tensor by rows (views of the same bytes), so no backend sees the fusion.
+
 q has num_heads * head_dim columns, which need not be the hidden size (Gemma 3 270M: 4 x 256 over
 640). What differs between layers (`LayerAttention`: sliding window, rotary base) is derived once
 from the architecture and the file (`Architecture.layer_attention`), and every backend reads that.
@@ -83,6 +86,11 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("llama"),
+    "qwen2": Architecture("qwen2", rope_style=RopeStyle.NEOX, qkv_bias=True),
+    "qwen3": Architecture("qwen3", rope_style=RopeStyle.NEOX, qk_norm=True),
+    # Phi-3's file holds q/k/v and gate/up fused (the loaders split the rows); its sliding window
+    # is not applied, as llama.cpp does not (the key the converter writes is not the model's pattern)
+    "phi3": Architecture("phi3", rope_style=RopeStyle.NEOX),
     "gemma3": Architecture("gemma3", rope_style=RopeStyle.NEOX, activation=Activation.GELU_TANH,
                            qk_norm=True, post_sublayer_norms=True, scale_embeddings=True,
                            sliding_window_pattern=6, local_rope_theta=10000.0),

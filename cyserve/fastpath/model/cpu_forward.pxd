@@ -57,6 +57,7 @@ cdef class CpuForward:
     cdef LayerRefs *layers
     cdef WeightRef embd, output
     cdef const float *output_norm
+    cdef const float *rope_freqs         # f32[Dh/2] dividing the rotary frequencies, or NULL
     cdef float *work                     # f32 workspace of `capacity` rows (see _workspace_floats)
     cdef object _owners                  # Python objects that own every pointer above
     cdef object _work_array

@@ -138,6 +138,7 @@ cdef class CpuForward:
         self.embd = _weight_ref(model.token_embd, self.vocab_size, H, owners)
         self.output = _weight_ref(model.output, self.vocab_size, H, owners)
         self.output_norm = _vector_ref(model.output_norm, H, "output_norm", owners)
+        self.rope_freqs = _optional_ref(model.rope_freqs, self.head_dim // 2, "rope_freqs", owners)
         self.layers = <LayerRefs *>malloc(self.num_layers * sizeof(LayerRefs))
         if self.layers == NULL:
             raise MemoryError("CpuForward: no memory for the layer table")
@@ -340,9 +341,9 @@ cdef class CpuForward:
         if L.k_norm != NULL:
             rms_norm_nogil(k, L.k_norm, T * Hkv, Dh, self.eps, k)
         self._failed_kernel = K_ROPE
-        rc = rope_nogil(q, a.positions, T, Hq, Dh, L.rope_theta, self.rope_neox)
+        rc = rope_nogil(q, a.positions, T, Hq, Dh, L.rope_theta, self.rope_freqs, self.rope_neox)
         if rc == 0:
-            rc = rope_nogil(k, a.positions, T, Hkv, Dh, L.rope_theta, self.rope_neox)
+            rc = rope_nogil(k, a.positions, T, Hkv, Dh, L.rope_theta, self.rope_freqs, self.rope_neox)
         if rc:
             return rc
         reshape_and_cache_nogil(k, v, T, L.k_cache, L.v_cache, Hkv, self.block_size, Dh,

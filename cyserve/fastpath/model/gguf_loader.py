@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from cyserve.fastpath.errors import ModelLoadError
+from cyserve.kernels.cpu.quant_matmul import block_elems
 from cyserve.fastpath.model.architecture import Architecture, architecture
 from cyserve.fastpath.model.gguf_file import GGUFFile, GGUFFormatError
 from cyserve.fastpath.model.weights import LayerWeights, ModelConfig, ModelWeights, Weight, WeightType
@@ -122,8 +123,6 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
     if vocab <= 0:
         raise ModelLoadError(path, "vocabulary size unknown (no vocab_size and no tokenizer.ggml.tokens)")
     head_dim = _head_dim(reader, arch, hidden, heads, path)
-    if "rope_freqs.weight" in tensors:
-        raise ModelLoadError(path, "rope frequency factors (rope_freqs.weight, llama-3.1 style scaling) are not supported yet")
     num_layers = int(_field(reader, f"{arch}.block_count", path))
     return ModelConfig(
         name=str(_field(reader, "general.name", path, default=os.path.basename(path))),
@@ -149,8 +148,10 @@ def _config(reader, path: str, tensors: dict) -> ModelConfig:
 def _check_shape(w: Weight, rows: int, cols: int, path: str) -> Weight:
     if (w.rows, w.cols) != (rows, cols):
         raise ModelLoadError(path, f"tensor {w.name!r} is [{w.rows}x{w.cols}], expected [{rows}x{cols}]")
-    if w.cols % 32 and w.wtype not in (WeightType.F32, WeightType.F16, WeightType.BF16):
-        raise ModelLoadError(path, f"tensor {w.name!r} has {w.cols} columns, not a multiple of the 32-element block")
+    block = block_elems(int(w.wtype))
+    if w.cols % block:
+        raise ModelLoadError(path, f"tensor {w.name!r} has {w.cols} columns, not a multiple of the "
+                             f"{block}-element block of {w.wtype.name}")
     return w
 
 
@@ -169,23 +170,48 @@ def _optional_vectors(tensors: dict, i: int, cfg: ModelConfig, arch: Architectur
     return {field: _vector(tensors, p + name, path, size) for field, (name, size) in wanted.items()}
 
 
+def split_rows(w: Weight, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
+    """A fused tensor's parts, consecutive runs of `sizes` rows: views of the same bytes."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(Weight(f"{w.name}[{start}:{start + size}]", w.wtype, size, w.cols, w.data[start:start + size]))
+        start += size
+    return tuple(parts)
+
+
 def _layer(tensors: dict, i: int, cfg: ModelConfig, arch: Architecture, path: str) -> LayerWeights:
     p = f"blk.{i}."
-    h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    h, kv, ffn = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     q = cfg.num_heads * cfg.head_dim
     w = lambda n, r, c: _check_shape(_weight(tensors, p + n, path), r, c, path)  # noqa: E731
+    if p + "attn_qkv.weight" in tensors:  # Phi-3: q, k and v rows in one tensor
+        wq, wk, wv = split_rows(w("attn_qkv.weight", q + 2 * kv, h), (q, kv, kv))
+    else:
+        wq, wk, wv = w("attn_q.weight", q, h), w("attn_k.weight", kv, h), w("attn_v.weight", kv, h)
+    if p + "ffn_gate.weight" not in tensors and p + "ffn_up.weight" in tensors:  # Phi-3: gate rows, then up
+        w_gate, w_up = split_rows(w("ffn_up.weight", 2 * ffn, h), (ffn, ffn))
+    else:
+        w_gate, w_up = w("ffn_gate.weight", ffn, h), w("ffn_up.weight", ffn, h)
     return LayerWeights(
         attn_norm=_vector(tensors, p + "attn_norm.weight", path, h),
-        wq=w("attn_q.weight", q, h),
-        wk=w("attn_k.weight", kv, h),
-        wv=w("attn_v.weight", kv, h),
+        wq=wq, wk=wk, wv=wv,
         wo=w("attn_output.weight", h, q),
         ffn_norm=_vector(tensors, p + "ffn_norm.weight", path, h),
-        w_gate=w("ffn_gate.weight", cfg.intermediate_size, h),
-        w_up=w("ffn_up.weight", cfg.intermediate_size, h),
-        w_down=w("ffn_down.weight", h, cfg.intermediate_size),
+        w_gate=w_gate, w_up=w_up,
+        w_down=w("ffn_down.weight", h, ffn),
         **_optional_vectors(tensors, i, cfg, arch, path),
     )
+
+
+def _rope_freqs(tensors: dict, cfg: ModelConfig, path: str) -> np.ndarray | None:
+    """Llama 3.1's rope scaling: the converter's rope_freqs tensor, f32[head_dim / 2] divisors of
+    the rotary frequencies (every layer's blk.N.rope_freqs, where present, is the same tensor)."""
+    if "rope_freqs.weight" not in tensors:
+        return None
+    factors = _vector(tensors, "rope_freqs.weight", path, cfg.head_dim // 2)
+    if not (np.isfinite(factors).all() and (factors > 0).all()):
+        raise ModelLoadError(path, "tensor 'rope_freqs.weight' must hold finite factors > 0")
+    return factors
 
 
 def load_gguf(path: str) -> ModelWeights:
@@ -202,11 +228,13 @@ def load_gguf(path: str) -> ModelWeights:
             output = _check_shape(_weight(tensors, "output.weight", path), cfg.vocab_size, cfg.hidden_size, path)
         layers = tuple(_layer(tensors, i, cfg, arch, path) for i in range(cfg.num_layers))
         norm = _vector(tensors, "output_norm.weight", path, cfg.hidden_size)
+        rope_freqs = _rope_freqs(tensors, cfg, path)
     except ModelLoadError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(path, f"malformed metadata or tensor: {exc}") from exc
     template = reader.fields.get("tokenizer.chat_template")
     return ModelWeights(path, cfg, arch, embd, layers, norm, output,
-                        chat_template=str(template.contents()) if template else "", reader=reader)
+                        chat_template=str(template.contents()) if template else "", reader=reader,
+                        rope_freqs=rope_freqs)
 

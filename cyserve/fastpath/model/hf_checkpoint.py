@@ -238,6 +238,22 @@ def end_token_ids(directory: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
+SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def default_sampling(directory: str) -> tuple[tuple[str, float], ...]:
+    """The sampling generation_config.json recommends, as vLLM applies it: each of
+    SAMPLING_DEFAULTS the file sets (do_sample is not read: a request that wants greedy decoding
+    asks for temperature 0)."""
+    config = _read_json(os.path.join(directory, "generation_config.json"), required=False)
+    found = []
+    for name in SAMPLING_DEFAULTS:
+        value = config.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((name, int(value) if name == "top_k" else float(value)))
+    return tuple(found)
+
+
 def load_hf_checkpoint(directory: str, quantize: str = "") -> ModelWeights:
     """Open a Hugging Face model directory and check that cyserve can serve it; ModelLoadError
     naming the file and what to fix if not. `quantize`: "" (serve as stored) or a QUANTIZE_CHOICES."""
@@ -261,4 +277,4 @@ def load_hf_checkpoint(directory: str, quantize: str = "") -> ModelWeights:
     tokenizer_config = _read_json(os.path.join(directory, "tokenizer_config.json"), required=False)
     return ModelWeights(directory, cfg, arch, embd, layers, norm, output,
                         chat_template=_chat_template(directory, tokenizer_config),
-                        end_token_ids=end_token_ids(directory))
+                        end_token_ids=end_token_ids(directory), default_sampling=default_sampling(directory))

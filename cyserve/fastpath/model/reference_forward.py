@@ -63,8 +63,8 @@ class ReferenceForward:
             q = self._head_norm(self._linear(x, layer.wq, layer.bq), layer.q_norm)  # [T, heads * head_dim]
             k = self._head_norm(self._linear(x, layer.wk, layer.bk), layer.k_norm)  # [T, kv_heads * head_dim]
             v = self._linear(x, layer.wv, layer.bv)
-            ops.rope(q, inputs.positions, cfg.num_heads, cfg.head_dim, la.rope_theta, neox)
-            ops.rope(k, inputs.positions, cfg.num_kv_heads, cfg.head_dim, la.rope_theta, neox)
+            ops.rope(q, inputs.positions, cfg.num_heads, cfg.head_dim, la.rope_theta, neox, self.model.rope_freqs)
+            ops.rope(k, inputs.positions, cfg.num_kv_heads, cfg.head_dim, la.rope_theta, neox, self.model.rope_freqs)
             kc16, vc16 = kc.view(np.uint16), vc.view(np.uint16)
             ops.reshape_and_cache(k, v, kc16, vc16, inputs.slot_mapping)
             ops.paged_attention(q, kc16, vc16, inputs.block_tables, inputs.query_start_loc,

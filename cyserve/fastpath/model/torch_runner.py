@@ -122,6 +122,11 @@ class TorchModelRunner(RunnerBase):
             raise ModelLoadError(model.path, f"{model.arch.name} has sliding-window (local) attention "
                                  f"layers, which the CUDA attention kernel does not bound yet: serve "
                                  f"it on the CPU (--device cpu)")
+        if on_gpu and model.rope_freqs is not None:
+            raise ModelLoadError(model.path, "rotary frequency factors (rope_freqs, Llama 3.1 rope scaling) "
+                                 "are not in the CUDA rope kernel yet: serve it on the CPU (--device cpu)")
+        self.rope_freqs = (() if model.rope_freqs is None  # only torch_ops take them (see above)
+                           else (torch.from_numpy(np.array(model.rope_freqs, dtype=np.float32)).to(self.device),))
         self.act = self.ops.silu_mul if model.arch.activation is Activation.SILU else _gelu_tanh_mul
         dev, dt = self.device, self.dtype
         self.embedding = _Linear([model.token_embd], dev, dt, False).weight  # [vocab, hidden]
@@ -278,7 +283,7 @@ class TorchModelRunner(RunnerBase):
             if layer.q_norm is not None:  # per head; new tensors, so rope may work in place
                 q = _rms_norm(q, layer.q_norm, cfg.rms_norm_eps, cfg.head_dim)
                 k = _rms_norm(k, layer.k_norm, cfg.rms_norm_eps, cfg.head_dim)
-            ops.rope(q, k, positions, cfg.head_dim, la.rope_theta, neox)
+            ops.rope(q, k, positions, cfg.head_dim, la.rope_theta, neox, *self.rope_freqs)
             ops.reshape_and_cache(k, v, k_cache, v_cache, slot_mapping)
             window = (la.window,) if la.window else ()  # only torch_ops bound a window (see __init__)
             ops.paged_attention(attn, q, k_cache, v_cache, block_tables, query_start_loc, context_lens,

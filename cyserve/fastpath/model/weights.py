@@ -18,7 +18,14 @@ class WeightType(enum.IntEnum):
     F16 = 1
     Q4_0 = 2
     Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
     Q8_0 = 8
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
     BF16 = 30
 
 
@@ -95,6 +102,10 @@ class ModelWeights:
     chat_template: str = ""  # the file's own template ("" when it has none)
     reader: object = None  # gguf_file.GGUFFile: the tokenizer is read from it (None: not a GGUF)
     end_token_ids: tuple[int, ...] = ()  # ids that end a generation besides the tokenizer's (HF generation_config)
+    default_sampling: tuple[tuple[str, float], ...] = ()  # the model's recommended sampling (HF generation_config)
+    # f32[head_dim / 2]: divisors of the rotary frequencies, every layer (Llama 3.1's rope scaling:
+    # the GGUF's rope_freqs tensor, or computed from an HF config's rope_scaling); None: none
+    rope_freqs: np.ndarray | None = None
 
     @property
     def layer_attention(self) -> tuple[LayerAttention, ...]:

@@ -1,6 +1,9 @@
-# cdef declarations of cyserve/fastpath/tokenizer.pyx (byte-level BPE tokenizer).
+# cdef declarations of cyserve/fastpath/tokenizer/tokenizer.pyx (byte-level BPE and SentencePiece).
 cimport cython
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from cyserve.fastpath.tokenizer.idvec cimport IdVec
+from cyserve.fastpath.tokenizer.spm cimport SpmModel
 
 
 cdef struct MergeSlot:
@@ -17,12 +20,6 @@ cdef struct CacheSlot:
     uint16_t num_ids
 
 
-cdef struct IdVec:
-    int32_t* data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
 @cython.final
 cdef class Tokenizer:
     cdef readonly int vocab_size
@@ -31,6 +28,12 @@ cdef class Tokenizer:
     cdef readonly object unknown_token_id
     cdef readonly object padding_token_id
     cdef readonly bint add_bos_token
+    cdef readonly bint add_eos_token
+    cdef readonly frozenset eog_token_ids  # ids that end generation: eos, eot, eom, <end_of_turn>, ...
+    cdef readonly str model               # tokenizer.ggml.model: "gpt2" or "llama"
+    cdef bint _ready
+    cdef SpmModel _spm                    # SentencePiece merges (model "llama"), else None
+    cdef int _space_prefix                # PREFIX_* of tokenizer.pyx
     cdef readonly str pre                 # pre-tokenizer name as given by tokenizer.ggml.pre
     cdef int _pre_kind                    # pretokenizer.pre_kind_of(pre)
 
@@ -64,7 +67,7 @@ cdef class Tokenizer:
     cdef uint32_t _cache_key_top
     cdef uint32_t _cache_ids_top
 
-    cdef dict _build_pieces(self, list types, dict byte_of)
+    cdef int _build_pieces(self, list encoded, list types) except -1
     cdef int _build_added(self, list types) except -1
     cdef int _build_byte_ids(self, dict bpe_ids, dict byte_of) except -1
     cdef int _build_merges(self, list merges, dict bpe_ids) except -1
@@ -74,7 +77,7 @@ cdef class Tokenizer:
     cdef void _cache_insert(self, const uint8_t* word, Py_ssize_t n, uint64_t h,
                             const int32_t* ids, Py_ssize_t num_ids) noexcept nogil
     cdef int _encode_utf8(self, const uint8_t* text, Py_ssize_t n, IdVec* out) noexcept nogil
-    cdef int _encode_str(self, str text, IdVec* out) except -1
+    cdef int _encode_str(self, str text, IdVec* out, bint at_start) except -1
     cdef Py_ssize_t _check_id(self, object token_id) except -1
     cdef bytes _piece_bytes(self, Py_ssize_t i)
 
@@ -83,4 +86,5 @@ cdef class Tokenizer:
 cdef class IncrementalDecoder:
     cdef Tokenizer _tokenizer
     cdef bint _skip_special
+    cdef bint _strip_space        # drop the leading space the prefix rule made (until text comes)
     cdef bytes _pending

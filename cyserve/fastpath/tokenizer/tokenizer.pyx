@@ -1,10 +1,13 @@
-"""Byte-level BPE tokenizer built from a GGUF file's metadata (tokenizer.ggml.model = gpt2).
+"""The tokenizer built from a GGUF file's metadata: byte-level BPE (tokenizer.ggml.model = gpt2)
+or SentencePiece (= llama).
 
 Owns text <-> token ids for the engine: splitting out special tokens written in the text, BPE
-merges by rank over C arrays with a word cache, decoding, and an incremental decoder that emits
-only complete UTF-8 characters. Pre-tokenization (the scanner per `tokenizer.ggml.pre` and the
-Unicode class table behind it) lives in cyserve.fastpath.tokenizer.pretokenizer; BPE runs on each of its
-pre-tokens.
+merges by rank over C arrays with a word cache, BOS/EOS and end-of-generation ids, decoding, and
+an incremental decoder that emits only complete UTF-8 characters. Pre-tokenization (the scanner
+per `tokenizer.ggml.pre` and the Unicode class table behind it) lives in
+cyserve.fastpath.tokenizer.pretokenizer; BPE runs on each of its pre-tokens. A SentencePiece
+vocabulary's merges live in cyserve.fastpath.tokenizer.spm, what the metadata keys mean in
+cyserve.fastpath.tokenizer.gguf_vocab.
 
 Thread safety: encode runs its C part without releasing the GIL (the word cache and the BPE
 scratch are shared per tokenizer), so concurrent callers are serialised.
@@ -17,15 +20,31 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
+from cyserve.fastpath.tokenizer.idvec cimport idvec_push
 from cyserve.fastpath.tokenizer.pretokenizer cimport next_word, pre_kind_of
+from cyserve.fastpath.tokenizer.spm cimport SpmModel
+
+from cyserve.fastpath.tokenizer.gguf_vocab import eog_token_ids as default_eog_token_ids, tokenizer_kwargs
+from cyserve.fastpath.tokenizer.spm import spm_model, spm_piece_bytes
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 # GGUF token types (llama.cpp's llama_token_type)
 TOKEN_TYPE_NORMAL = 1
+TOKEN_TYPE_UNKNOWN = 2
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+TOKEN_TYPE_BYTE = 6
+_ADDED_TYPES = (TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
+
+cdef enum:
+    # where a SentencePiece vocabulary puts "▁" before text (space_prefix)
+    PREFIX_NONE = 0
+    PREFIX_FIRST = 1         # before the text at offset 0 unless it starts with a space
+    PREFIX_EVERY = 2         # before every run of text between special tokens
+
+_SPACE_PREFIX = {"none": PREFIX_NONE, "first": PREFIX_FIRST, "every": PREFIX_EVERY}
 
 cdef enum:
     # word cache
@@ -40,21 +59,6 @@ cdef uint64_t MERGE_EMPTY = 0xFFFFFFFFFFFFFFFFULL
 
 # ---------------------------------------------------------------------------------------------
 # small C helpers
-
-cdef inline int _push(IdVec* v, int32_t value) noexcept nogil:
-    cdef int32_t* data
-    cdef Py_ssize_t cap
-    if v.size == v.cap:
-        cap = v.cap * 2 if v.cap else 256
-        data = <int32_t*>realloc(v.data, cap * sizeof(int32_t))
-        if data == NULL:
-            return -1
-        v.data = data
-        v.cap = cap
-    v.data[v.size] = value
-    v.size += 1
-    return 0
-
 
 cdef inline const MergeSlot* _find_merge(const MergeSlot* table, uint64_t mask, int shift,
                                         int32_t left, int32_t right) noexcept nogil:
@@ -145,30 +149,6 @@ cdef inline Py_ssize_t _utf8_complete_prefix(const uint8_t* b, Py_ssize_t n) noe
 
 
 # ---------------------------------------------------------------------------------------------
-# reading GGUF metadata
-
-cdef object _MISSING = object()
-
-
-def _field(reader, str key, default=_MISSING):
-    """A tokenizer.* metadata value as Python (str, int, bool or list)."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is _MISSING:
-            raise ValueError(f"GGUF metadata has no {key!r}; cannot build the tokenizer")
-        return default
-    if hasattr(field, "contents"):
-        return field.contents()
-    import gguf                                         # gguf < 0.11: no ReaderField.contents()
-    kind = field.types[0]
-    if kind == gguf.GGUFValueType.ARRAY:
-        if field.types[len(field.types) - 1] == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if kind == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8")
-    return field.parts[field.data[0]].tolist()[0]
-
 
 cdef dict _byte_decoder():
     """GPT-2's byte-level alphabet: printable char -> byte."""
@@ -182,19 +162,48 @@ cdef dict _byte_decoder():
     return table
 
 
+def _byte_level_pieces(list pieces, list types, dict byte_of):
+    """Decoded bytes per id, and the byte-level spelling -> id map that merges refer to (a
+    NORMAL piece outside the alphabet is respelled, as HF does)."""
+    encoded = []
+    bpe_ids = {}
+    for i, piece in enumerate(pieces):
+        in_alphabet = all(ch in byte_of for ch in piece)
+        if types[i] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) or not in_alphabet:
+            data = piece.encode("utf-8")
+        else:
+            data = bytes([byte_of[ch] for ch in piece])
+        encoded.append(data)
+        bpe_ids["".join([_BYTE_SPELLING[b] for b in data]) if not in_alphabet else piece] = i
+    return encoded, bpe_ids
+
+
 # ---------------------------------------------------------------------------------------------
 
 cdef class Tokenizer:
-    """Byte-level BPE. Build with `Tokenizer.from_gguf(reader)`; ids match HF `tokenizers`."""
+    """Byte-level BPE (model "gpt2") or SentencePiece merges by score (model "llama"). Build with
+    `Tokenizer.from_gguf(reader)`; ids match Hugging Face's tokenizer of the same file."""
 
-    def __init__(self, list tokens, list merges, token_types=None, *, str pre="default",
-                 bos_token_id=None, eos_token_id=None, unknown_token_id=None,
-                 padding_token_id=None, bint add_bos_token=False):
-        """tokens: pieces as GGUF spells them; merges: "left right" strings, best first;
-        token_types: GGUF token types (default all NORMAL)."""
-        if self._merges != NULL:
+    def __init__(self, list tokens, list merges=None, token_types=None, *, str model="gpt2",
+                 scores=None, str pre="default", bos_token_id=None, eos_token_id=None,
+                 unknown_token_id=None, padding_token_id=None, bint add_bos_token=False,
+                 bint add_eos_token=False, eog_token_ids=None, str space_prefix="none",
+                 str merge_order="score"):
+        """tokens: pieces as GGUF spells them; token_types: GGUF token types (default all
+        NORMAL). model "gpt2": merges are "left right" strings, best first, and `pre` names the
+        pre-tokenizer. model "llama": scores rank the merges (merge_order "position": the
+        vocabulary order does); space_prefix "first" puts "▁" before the text when it does not
+        start with a space, "every" before each run of text between special tokens, "none" never.
+        eog_token_ids: ids that end generation (default the eos id and the tokens named like
+        <end_of_turn>, <|im_end|>, <|eot_id|>)."""
+        if self._ready:
             raise RuntimeError("Tokenizer is already initialised")
-        self._pre_kind = pre_kind_of(pre)
+        if model not in ("gpt2", "llama"):
+            raise ValueError(f"unsupported tokenizer model {model!r}; supported: gpt2, llama")
+        if space_prefix not in _SPACE_PREFIX:
+            raise ValueError(f"space_prefix {space_prefix!r}: use one of {sorted(_SPACE_PREFIX)}")
+        self.model = model
+        self._pre_kind = pre_kind_of(pre) if model == "gpt2" else 0
         self.pre = pre
         self.vocab_size = len(tokens)
         if self.vocab_size == 0 or self.vocab_size >= 0x7FFFFFFF:
@@ -208,11 +217,25 @@ cdef class Tokenizer:
                 raise ValueError(f"{name}_token_id {value} out of range for vocab size {self.vocab_size}")
         self.bos_token_id, self.eos_token_id = bos_token_id, eos_token_id
         self.unknown_token_id, self.padding_token_id = unknown_token_id, padding_token_id
-        self.add_bos_token = add_bos_token
+        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
+        self.eog_token_ids = frozenset(eog_token_ids if eog_token_ids is not None
+                                       else default_eog_token_ids(tokens, [eos_token_id]))
+        self._space_prefix = _SPACE_PREFIX[space_prefix]
         self._pieces = list(tokens)
         self._piece_ids = {piece: i for i, piece in enumerate(tokens)}
+        if model == "llama":
+            if scores is None and merge_order == "score":
+                raise ValueError("a SentencePiece vocabulary needs tokenizer.ggml.scores")
+            self._build_pieces(spm_piece_bytes(self._pieces, types), types)
+            self._build_added(types)
+            self._spm = spm_model(self._pieces, types, scores, merge_order, unknown_token_id)
+            self._ready = True
+            return
+        if merges is None:
+            raise ValueError("a byte-level BPE vocabulary needs tokenizer.ggml.merges")
         byte_of = _byte_decoder()
-        bpe_ids = self._build_pieces(types, byte_of)
+        encoded, bpe_ids = _byte_level_pieces(self._pieces, types, byte_of)
+        self._build_pieces(encoded, types)
         self._build_added(types)
         self._build_byte_ids(bpe_ids, byte_of)
         self._build_merges(merges, bpe_ids)
@@ -222,25 +245,12 @@ cdef class Tokenizer:
         if self._cache == NULL or self._cache_keys == NULL or self._cache_ids == NULL:
             raise MemoryError()
         self._clear_cache()
+        self._ready = True
 
     @classmethod
     def from_gguf(cls, reader, pre=None):
         """From a `gguf.GGUFReader`. `pre` overrides tokenizer.ggml.pre (e.g. "gpt2")."""
-        model = _field(reader, "tokenizer.ggml.model")
-        if model != "gpt2":
-            raise ValueError(f"unsupported tokenizer model {model!r} (tokenizer.ggml.model); "
-                             "only byte-level BPE ('gpt2') is implemented")
-        return cls(
-            _field(reader, "tokenizer.ggml.tokens"),
-            _field(reader, "tokenizer.ggml.merges"),
-            _field(reader, "tokenizer.ggml.token_type", None),
-            pre=pre if pre is not None else _field(reader, "tokenizer.ggml.pre", "default"),
-            bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id", None),
-            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id", None),
-            unknown_token_id=_field(reader, "tokenizer.ggml.unknown_token_id", None),
-            padding_token_id=_field(reader, "tokenizer.ggml.padding_token_id", None),
-            add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-        )
+        return cls(**tokenizer_kwargs(reader, pre))
 
     def __dealloc__(self):
         free(self._merges)
@@ -257,22 +267,11 @@ cdef class Tokenizer:
 
     # -- construction ------------------------------------------------------------------------
 
-    cdef dict _build_pieces(self, list types, dict byte_of):
-        """Decoded bytes per id, the CONTROL mask, and the byte-level spelling -> id map that
-        merges refer to (a NORMAL piece outside the alphabet is respelled, as HF does)."""
+    cdef int _build_pieces(self, list encoded, list types) except -1:
+        """Decoded bytes per id and the special (CONTROL, UNKNOWN) mask."""
         cdef Py_ssize_t i, total = 0, V = self.vocab_size
-        encoded = []
-        bpe_ids = {}
-        for i in range(V):
-            piece = self._pieces[i]
-            in_alphabet = all(ch in byte_of for ch in piece)
-            if types[i] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) or not in_alphabet:
-                data = piece.encode("utf-8")
-            else:
-                data = bytes([byte_of[ch] for ch in piece])
-            encoded.append(data)
+        for data in encoded:
             total += len(data)
-            bpe_ids["".join([_BYTE_SPELLING[b] for b in data]) if not in_alphabet else piece] = i
         self._piece_data = <uint8_t*>malloc(total + 1)
         self._piece_off = <uint32_t*>malloc((V + 1) * sizeof(uint32_t))
         self._special = <uint8_t*>malloc(V)
@@ -284,14 +283,14 @@ cdef class Tokenizer:
             self._piece_off[i] = total
             memcpy(self._piece_data + total, <const char*>data, len(data))
             total += len(data)
-            self._special[i] = types[i] == TOKEN_TYPE_CONTROL
+            self._special[i] = types[i] == TOKEN_TYPE_CONTROL or types[i] == TOKEN_TYPE_UNKNOWN
         self._piece_off[V] = total
-        return bpe_ids
+        return 0
 
     cdef int _build_added(self, list types) except -1:
-        """Patterns for CONTROL and USER_DEFINED tokens written in text, leftmost-longest."""
+        """Patterns for CONTROL, UNKNOWN and USER_DEFINED tokens written in text, leftmost-longest."""
         added = {self._pieces[i]: i for i in range(self.vocab_size)
-                 if types[i] in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) and self._pieces[i]}
+                 if types[i] in _ADDED_TYPES and self._pieces[i]}
         user = [p for p, i in added.items() if types[i] == TOKEN_TYPE_USER_DEFINED]
         self._added_ids = added
 
@@ -387,7 +386,7 @@ cdef class Tokenizer:
         cdef int32_t rank
         cdef Py_ssize_t start, m
         if n == 1:
-            return _push(out, self._byte_ids[word[0]]) if self._byte_ids[word[0]] >= 0 else 0
+            return idvec_push(out, self._byte_ids[word[0]]) if self._byte_ids[word[0]] >= 0 else 0
         if n <= CACHE_MAX_WORD:
             h = _hash_bytes(word, n)
             idx = h & (CACHE_SLOTS - 1)
@@ -395,7 +394,7 @@ cdef class Tokenizer:
                 slot = &self._cache[idx]
                 if slot.hash == h and slot.key_len == n and memcmp(self._cache_keys + slot.key_off, word, n) == 0:
                     for t in range(slot.num_ids):
-                        if _push(out, self._cache_ids[slot.ids_off + t]):
+                        if idvec_push(out, self._cache_ids[slot.ids_off + t]):
                             return -1
                     return 0
                 idx = (idx + 1) & (CACHE_SLOTS - 1)
@@ -442,7 +441,7 @@ cdef class Tokenizer:
                     _heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>t)
         t = 0
         while t >= 0:
-            if _push(out, ids[t]):
+            if idvec_push(out, ids[t]):
                 return -1
             t = nxt[t]
         if n <= CACHE_MAX_WORD:
@@ -477,38 +476,65 @@ cdef class Tokenizer:
             i = j
         return 0
 
-    cdef int _encode_str(self, str text, IdVec* out) except -1:
+    cdef int _encode_str(self, str text, IdVec* out, bint at_start) except -1:
+        """Append the ids of a run of plain text; at_start: it begins the whole text."""
         cdef Py_ssize_t n
         cdef const char* utf8
-        if self._merges == NULL:
+        cdef bint prefix
+        if not self._ready:
             raise RuntimeError("Tokenizer was not initialised")
         utf8 = PyUnicode_AsUTF8AndSize(text, &n)
-        if self._encode_utf8(<const uint8_t*>utf8, n, out):
+        if self._spm is None:
+            if self._encode_utf8(<const uint8_t*>utf8, n, out):
+                raise MemoryError()
+            return 0
+        prefix = self._space_prefix == PREFIX_EVERY or (
+            self._space_prefix == PREFIX_FIRST and at_start and not text.startswith((" ", "\u2581")))
+        if self._spm.encode(<const uint8_t*>utf8, n, prefix, out):
             raise MemoryError()
         return 0
 
-    def encode(self, str text, bint parse_special=True):
+    def encode(self, str text, bint parse_special=True, bint add_special=False):
         """Token ids of `text`. With parse_special, CONTROL tokens written in the text (e.g.
-        `<|im_start|>`) become their ids; USER_DEFINED tokens always do. No BOS is added."""
+        `<|im_start|>`) become their ids; USER_DEFINED tokens always do. add_special adds BOS
+        and EOS as the file's add_bos_token / add_eos_token ask (see add_special_tokens)."""
         cdef IdVec out
         cdef Py_ssize_t pos = 0, i
         out.data, out.size, out.cap = NULL, 0, 0
         pattern = self._special_re if parse_special else self._user_re
         try:
             if pattern is None:
-                self._encode_str(text, &out)
+                if text:
+                    self._encode_str(text, &out, True)
             else:
                 for match in pattern.finditer(text):
                     if match.start() > pos:
-                        self._encode_str(text[pos:match.start()], &out)
-                    if _push(&out, self._added_ids[match.group()]):
+                        self._encode_str(text[pos:match.start()], &out, pos == 0)
+                    if idvec_push(&out, self._added_ids[match.group()]):
                         raise MemoryError()
                     pos = match.end()
                 if pos < len(text):
-                    self._encode_str(text[pos:] if pos else text, &out)
-            return [out.data[i] for i in range(out.size)]
+                    self._encode_str(text[pos:] if pos else text, &out, pos == 0)
+            ids = [out.data[i] for i in range(out.size)]
         finally:
             free(out.data)
+        return self.add_special_tokens(ids) if add_special else ids
+
+    def with_bos(self, ids):
+        """`ids` as a prompt: with the BOS the file asks for (add_bos_token) in front, once: never
+        before a BOS already there (chat templates often write it themselves)."""
+        ids = list(ids)
+        if self.add_bos_token and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def add_special_tokens(self, ids):
+        """`ids` with the BOS the file asks for in front (see with_bos) and its EOS
+        (add_eos_token) at the end, each added once."""
+        ids = self.with_bos(ids)
+        if self.add_eos_token and self.eos_token_id is not None and (not ids or ids[-1] != self.eos_token_id):
+            ids.append(self.eos_token_id)
+        return ids
 
     # -- decode and lookups --------------------------------------------------------------------
 
@@ -527,7 +553,8 @@ cdef class Tokenizer:
                                          self._piece_off[i + 1] - self._piece_off[i])
 
     def decode(self, ids, bint skip_special=False):
-        """Text of `ids`; invalid UTF-8 becomes U+FFFD. skip_special drops CONTROL tokens."""
+        """Text of `ids`; invalid UTF-8 becomes U+FFFD. skip_special drops CONTROL tokens. A
+        vocabulary that puts "▁" before text loses the leading space it makes (as HF decodes)."""
         cdef list checked = [self._check_id(t) for t in ids]
         cdef Py_ssize_t total = 0, i, pos = 0, k
         cdef uint8_t* buf
@@ -543,7 +570,8 @@ cdef class Tokenizer:
                     k = self._piece_off[i + 1] - self._piece_off[i]
                     memcpy(buf + pos, self._piece_data + self._piece_off[i], k)
                     pos += k
-            return PyUnicode_DecodeUTF8(<const char*>buf, total, "replace")
+            k = 1 if self._space_prefix != PREFIX_NONE and total and buf[0] == 0x20 else 0
+            return PyUnicode_DecodeUTF8(<const char*>buf + k, total - k, "replace")
         finally:
             free(buf)
 
@@ -560,16 +588,22 @@ cdef class Tokenizer:
         return bool(self._special[self._check_id(token_id)])
 
     def __repr__(self):
-        return f"Tokenizer(vocab_size={self.vocab_size}, pre={self.pre!r})"
+        return f"Tokenizer(model={self.model!r}, vocab_size={self.vocab_size}, pre={self.pre!r})"
 
 
 cdef class IncrementalDecoder:
-    """Streaming detokenizer: push() returns only complete UTF-8 characters; flush() the rest
-    (an unfinished character becomes U+FFFD). The concatenation equals Tokenizer.decode."""
+    """Streaming detokenizer: push() returns only complete UTF-8 characters (a character spelled
+    by several byte pieces, byte-level or <0xXX>, comes out whole); flush() the rest (an
+    unfinished character becomes U+FFFD).
 
-    def __init__(self, Tokenizer tokenizer not None, bint skip_special=False):
+    at_start: the ids begin a text, so the space a SentencePiece vocabulary's prefix rule put in
+    front is dropped, and the concatenation equals Tokenizer.decode. Without it (the default, for
+    generated tokens that continue a prompt) every "▁" is a space: " time" after "Once upon a"."""
+
+    def __init__(self, Tokenizer tokenizer not None, bint skip_special=False, bint at_start=False):
         self._tokenizer = tokenizer
         self._skip_special = skip_special
+        self._strip_space = at_start and tokenizer._space_prefix != PREFIX_NONE
         self._pending = b""
 
     def push(self, token_id):
@@ -578,6 +612,10 @@ cdef class IncrementalDecoder:
         if self._skip_special and self._tokenizer._special[i]:
             return ""
         data = self._pending + self._tokenizer._piece_bytes(i)
+        if self._strip_space and data:
+            self._strip_space = False
+            if data[0] == 0x20:
+                data = data[1:]
         cut = _utf8_complete_prefix(<const uint8_t*>data, len(data))
         self._pending = data[cut:]
         return PyUnicode_DecodeUTF8(<const char*>data, cut, "replace")

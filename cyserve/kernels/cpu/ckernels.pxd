@@ -1,6 +1,6 @@
 # cdef extern declarations of csrc/cys_kernels.h, the C kernels' only public header.
 # Shapes are the caller's responsibility: the .pyx wrappers check them before calling.
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "cys_kernels.h" nogil:
@@ -9,7 +9,14 @@ cdef extern from "cys_kernels.h" nogil:
         CYS_TYPE_F16
         CYS_TYPE_Q4_0
         CYS_TYPE_Q4_1
+        CYS_TYPE_Q5_0
+        CYS_TYPE_Q5_1
         CYS_TYPE_Q8_0
+        CYS_TYPE_Q2_K
+        CYS_TYPE_Q3_K
+        CYS_TYPE_Q4_K
+        CYS_TYPE_Q5_K
+        CYS_TYPE_Q6_K
         CYS_TYPE_BF16
     enum:
         CYS_OK
@@ -29,11 +36,14 @@ cdef extern from "cys_kernels.h" nogil:
                    int wtype, int64_t N, float *out, int nthreads, int simd)
     int cys_quantize_act(const float *x, int64_t T, int64_t K, int8_t *q, float *d, float *s,
                          int nthreads, int simd)
+    int cys_quantize_act_q8k(const float *x, int64_t T, int64_t K, int8_t *q, float *d,
+                             int16_t *bsums, int nthreads, int simd)
 
     void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
                       float *out, int nthreads, int simd)
     int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads,
-                 int64_t head_dim, double theta, int neox, int nthreads, int simd)
+                 int64_t head_dim, double theta, const float *freq_factors, int neox, int nthreads,
+                 int simd)
     void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,
                       int simd)
     void cys_gelu_tanh_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads,

@@ -71,9 +71,12 @@ def fused_add_rms_norm(residual: torch.Tensor, delta: torch.Tensor | None, weigh
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, head_dim: int, theta: float,
-         neox: bool) -> None:
-    """Rotate q and k in place; angles in float64 as in the CUDA kernel."""
+         neox: bool, freq_factors: torch.Tensor | None = None) -> None:
+    """Rotate q and k in place; angles in float64 as in the CUDA kernel. freq_factors ([Dh/2])
+    divide each pair's frequency (Llama 3.1's rope_freqs); None: none."""
     inv_freq = float(theta) ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=q.device) / head_dim)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(device=q.device, dtype=torch.float64)
     angle = positions.to(torch.float64)[:, None] * inv_freq[None, :]                    # [T, Dh/2]
     cos, sin = angle.cos().float()[:, None, :], angle.sin().float()[:, None, :]
     for x in (q, k):

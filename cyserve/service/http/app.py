@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -46,7 +47,7 @@ from cyserve.service.readiness import LOADING_RETRY_AFTER_S
 from cyserve.service.servicer import GenerationServicer
 from cyserve.v1 import generation_pb2 as pb
 
-EXEMPT_PATHS = frozenset({"/health"})  # probes send no token
+EXEMPT_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapers send no token, as on --metrics-port
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]  # no proxy buffering of the stream
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -113,6 +114,7 @@ class OpenAIApi:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
         return _BearerToken(app, self._auth_token) if self._auth_token else app
@@ -162,6 +164,14 @@ class OpenAIApi:
         except Exception as exc:
             return error_response(http_error(exc))
         return JSONResponse({"status": "ok"})
+
+    async def metrics(self, request: Request) -> Response:
+        """The Prometheus exposition of --metrics-port, here too: an inference gateway's endpoint
+        picker scrapes the port it routes to (404 while metrics are off)."""
+        metrics = self._telemetry.metrics
+        if metrics is None:
+            return error_response(not_found(request.url.path))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ---- generation ----
 

@@ -36,7 +36,7 @@ static inline int64_t cys_act_stride(int64_t nb) { return (nb + 7) & ~(int64_t)7
  * at least `bytes` long and 64-byte aligned, or NULL when out of memory. */
 void *cys_thread_scratch(size_t bytes);
 
-/* cys_matmul for Q4_0/Q4_1/Q8_0 weights (K % 32 == 0, row_bytes validated). */
+/* cys_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights (K % 32 == 0, row_bytes validated). */
 int cys_matmul_q8(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
                   int wtype, int64_t N, float *out, int nthreads, int simd);
 

@@ -19,7 +19,14 @@ enum {
     CYS_TYPE_F16 = 1,
     CYS_TYPE_Q4_0 = 2,
     CYS_TYPE_Q4_1 = 3,
+    CYS_TYPE_Q5_0 = 6,
+    CYS_TYPE_Q5_1 = 7,
     CYS_TYPE_Q8_0 = 8,
+    CYS_TYPE_Q2_K = 10,
+    CYS_TYPE_Q3_K = 11,
+    CYS_TYPE_Q4_K = 12,
+    CYS_TYPE_Q5_K = 13,
+    CYS_TYPE_Q6_K = 14,
     CYS_TYPE_BF16 = 30,
 };
 
@@ -34,7 +41,8 @@ enum {
 /* 1 when AVX2, FMA and F16C are usable (CPU and OS); checked once, then cached. */
 int cys_cpu_has_avx2(void);
 
-/* Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q4_1/Q8_0), or CYS_ERR_TYPE. */
+/* Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, 256 for the K-quants
+ * Q2_K..Q6_K), or CYS_ERR_TYPE. */
 int64_t cys_block_elems(int wtype);
 /* Bytes of one row of K elements, or CYS_ERR_TYPE / CYS_ERR_SHAPE. */
 int64_t cys_row_bytes(int wtype, int64_t K);
@@ -45,24 +53,31 @@ int cys_dequantize(const uint8_t *w, int64_t row_bytes, int wtype, int64_t N, in
 /* out[T, K] = decoded rows ids[0..T) of w; ids must be in range (checked by the caller). */
 int cys_get_rows(const uint8_t *w, int64_t row_bytes, int wtype, int64_t K, const int32_t *ids,
                  int64_t T, float *out, int nthreads, int simd);
-/* out[T, N] = x[T, K] @ W[N, K].T; out must not overlap x. For Q4_0/Q4_1/Q8_0 weights x is first
- * quantized as cys_quantize_act does (into per-thread scratch; CYS_ERR_NOMEM if that fails) and
- * multiplied with integer block dot products; F32/F16/BF16 weights multiply f32 x. */
+/* out[T, N] = x[T, K] @ W[N, K].T; out must not overlap x. For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights x
+ * is first quantized as cys_quantize_act does, for the K-quants as cys_quantize_act_q8k does (into
+ * per-thread scratch; CYS_ERR_NOMEM if that fails), and multiplied with integer block dot
+ * products; F32/F16/BF16 weights multiply f32 x. */
 int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
                int wtype, int64_t N, float *out, int nthreads, int simd);
 /* x[T, K] (K % 32 == 0, finite) -> int8 blocks of 32: q[T, K], scale d[T, K/32] = amax / 127,
  * s[T, K/32] = d * sum(q) per block; q = round-half-even(x / d). CYS_ERR_SHAPE for a bad K. */
 int cys_quantize_act(const float *x, int64_t T, int64_t K, int8_t *q, float *d, float *s,
                      int nthreads, int simd);
+/* x[T, K] (K % 256 == 0, finite) -> Q8_K: int8 q[T, K], scale d[T, K/256] = amax / 127 per
+ * 256-element block, bsums[T, K/16] = sum(q) per 16 elements; q = round-half-even(x / d), as
+ * cys_quantize_act does per 32. The twins agree bit for bit. CYS_ERR_SHAPE for a bad K. */
+int cys_quantize_act_q8k(const float *x, int64_t T, int64_t K, int8_t *q, float *d,
+                         int16_t *bsums, int nthreads, int simd);
 
 /* out[T, D] = x / sqrt(mean(x^2) + eps) * weight; out may alias x. */
 void cys_rms_norm(const float *x, const float *weight, int64_t T, int64_t D, float eps,
                   float *out, int nthreads, int simd);
 
-/* In-place rotary embedding of x[T, num_heads * head_dim] (head_dim even).
+/* In-place rotary embedding of x[T, num_heads * head_dim] (head_dim even), pair i at angle
+ * pos * theta^(-2i/head_dim) / freq_factors[i] (freq_factors: f32[head_dim/2] or NULL for 1).
  * neox = 0: pairs (2i, 2i+1) (GGUF/llama.cpp); neox = 1: pairs (i, i + head_dim/2). */
 int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads, int64_t head_dim,
-             double theta, int neox, int nthreads, int simd);
+             double theta, const float *freq_factors, int neox, int nthreads, int simd);
 
 /* out[n] = silu(gate[n]) * up[n]; out may alias gate or up. */
 void cys_silu_mul(const float *gate, const float *up, int64_t n, float *out, int nthreads, int simd);

@@ -1,7 +1,7 @@
 /* out[T, N] = x[T, K] @ W[N, K].T: the entry point, and the f32 path for F32 / F16 / BF16 weights.
  *
- * Q4_0 / Q4_1 / Q8_0 weights go to the integer path in matmul_q8.c (activations quantized to int8
- * blocks, integer block dot products). Plain float weights keep f32 activations here, with two
+ * Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weights go to the integer path in matmul_q8.c, the K-quants
+ * to matmul_kq.c (activations quantized to int8 blocks, integer block dot products). Plain float weights keep f32 activations here, with two
  * AVX2 paths, both parallel over output rows N (each thread owns whole rows of W, so W is read
  * once per step whatever T is):
  *  - few tokens (decode, T < CYS_MM_SMALL_T): each 32-weight group is decoded into 4 registers
@@ -15,6 +15,7 @@
 #include "act_q8.h"
 #include "cys_kernels.h"
 #include "ggml_blocks.h"
+#include "kquants.h"
 #include "simd_avx2.h"
 
 #define CYS_MM_SMALL_T 8            /* below this many tokens decode blocks straight to registers */
@@ -205,6 +206,8 @@ int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t r
     simd = simd && cys_cpu_has_avx2();
     if (cys_block_elems(wtype) == QK) /* quantized weights: K % 32 == 0 (checked by row_bytes) */
         return cys_matmul_q8(x, T, K, w, row_bytes, wtype, N, out, nthreads, simd);
+    if (cys_block_elems(wtype) == QK_K) /* K-quants: K % 256 == 0 */
+        return cys_matmul_kq(x, T, K, w, row_bytes, wtype, N, out, nthreads, simd);
     const int par = nthreads > 1 && T * N * K >= CYS_MM_PAR_MIN_MACS;
     if (!simd)
         return matmul_scalar(x, T, K, w, row_bytes, wtype, N, out, nthreads, par);

@@ -1,8 +1,9 @@
-/* out[T, N] = x[T, K] @ W[N, K].T for Q4_0 / Q4_1 / Q8_0 weights, the llama.cpp way: x is quantized
+/* out[T, N] = x[T, K] @ W[N, K].T for Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weights, the llama.cpp way: x is quantized
  * once per call to int8 blocks of 32 (act_q8.h), each weight block meets each x block in an exact
  * integer dot product, and one FMA per block applies d_w * d_x. The weight's offset folds in per
  * block as m_w * s_x, with s_x = d_x * sum(q_x): Q4_1's min m, and Q4_0 as m = -8 d (so both Q4
- * formats multiply the raw unsigned nibbles, no sign trick), Q8_0 has none.
+ * formats multiply the raw unsigned nibbles, no sign trick), the Q5 formats likewise (m = -16 d for
+ * Q5_0, their unsigned 5-bit codes), Q8_0 has none.
  *
  * Per block the scalar twin and the AVX2 code compute the same integers; they differ only in the
  * order the f32 block terms are added (8 lanes then a horizontal sum, vs one running sum).
@@ -55,15 +56,29 @@ typedef struct {
 /* Scale d and offset factor m of one weight block (w = q_unsigned * d + m for Q4; m = 0 for Q8). */
 static inline void block_dm_scalar(int wtype, const uint8_t *p, float *d, float *m) {
     *d = cys_fp16_to_fp32(cys_read_half(p));
-    if (wtype == CYS_TYPE_Q4_1) *m = cys_fp16_to_fp32(cys_read_half(p + offsetof(block_q4_1, m)));
+    if (wtype == CYS_TYPE_Q4_1 || wtype == CYS_TYPE_Q5_1)
+        *m = cys_fp16_to_fp32(cys_read_half(p + offsetof(block_q4_1, m))); /* same offset in q5_1 */
     else if (wtype == CYS_TYPE_Q4_0) *m = -8.0f * *d;
+    else if (wtype == CYS_TYPE_Q5_0) *m = -16.0f * *d;
     else *m = 0.0f;
 }
 
 static inline int64_t qs_offset(int wtype) {
-    return wtype == CYS_TYPE_Q4_1 ? offsetof(block_q4_1, qs)
-         : wtype == CYS_TYPE_Q4_0 ? offsetof(block_q4_0, qs) : offsetof(block_q8_0, qs);
+    switch (wtype) {
+    case CYS_TYPE_Q4_0: return offsetof(block_q4_0, qs);
+    case CYS_TYPE_Q4_1: return offsetof(block_q4_1, qs);
+    case CYS_TYPE_Q5_0: return offsetof(block_q5_0, qs);
+    case CYS_TYPE_Q5_1: return offsetof(block_q5_1, qs);
+    default: return offsetof(block_q8_0, qs);
+    }
 }
+
+/* Offset of a Q5 block's fifth-bit word. */
+static inline int64_t qh_offset(int wtype) {
+    return wtype == CYS_TYPE_Q5_1 ? offsetof(block_q5_1, qh) : offsetof(block_q5_0, qh);
+}
+
+static inline int is_q5(int wtype) { return wtype == CYS_TYPE_Q5_0 || wtype == CYS_TYPE_Q5_1; }
 
 /* ---- scalar twin ---- */
 
@@ -81,8 +96,13 @@ static float row_dot_scalar(int wtype, const uint8_t *row, const act_t *a, int64
         if (wtype == CYS_TYPE_Q8_0) {
             for (int j = 0; j < QK; j++) isum += (int32_t)(int8_t)p[off + j] * x[j];
         } else {
-            for (int j = 0; j < QK / 2; j++)
-                isum += (p[off + j] & 0x0F) * x[j] + (p[off + j] >> 4) * x[j + QK / 2];
+            uint32_t qh = 0;
+            if (is_q5(wtype)) memcpy(&qh, p + qh_offset(wtype), 4);
+            for (int j = 0; j < QK / 2; j++) {
+                const int lo = (p[off + j] & 0x0F) | (((qh >> j) & 1) << 4);
+                const int hi = (p[off + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+                isum += lo * x[j] + hi * x[j + QK / 2];
+            }
         }
         acc += (dw * xd[b]) * (float)isum;
         accm += mw * xs[b];
@@ -113,10 +133,11 @@ CYS_AVX2_INLINE __m256i unpack_q4(const uint8_t *qs) {
     return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
 }
 
-/* One weight block as the dot products want it: Q4 -> (nibbles, unused); Q8_0 -> (|q|, q). */
+/* One weight block as the dot products want it: Q4 / Q5 -> (unsigned codes, unused);
+ * Q8_0 -> (|q|, q). */
 CYS_AVX2_INLINE void load_wblock(const int wtype, const uint8_t *p, __m256i *u, __m256i *sgn,
                                  float *d, float *m) {
-    if (wtype == CYS_TYPE_Q4_1) {
+    if (wtype == CYS_TYPE_Q4_1 || wtype == CYS_TYPE_Q5_1) {
         int32_t dm;
         memcpy(&dm, p, 4);
         const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
@@ -124,11 +145,13 @@ CYS_AVX2_INLINE void load_wblock(const int wtype, const uint8_t *p, __m256i *u, 
         *m = _mm_cvtss_f32(_mm_movehdup_ps(f));
     } else {
         *d = _cvtsh_ss(cys_read_half(p));
-        *m = wtype == CYS_TYPE_Q4_0 ? -8.0f * *d : 0.0f;
+        *m = wtype == CYS_TYPE_Q4_0 ? -8.0f * *d : wtype == CYS_TYPE_Q5_0 ? -16.0f * *d : 0.0f;
     }
     if (wtype == CYS_TYPE_Q8_0) {
         *sgn = _mm256_loadu_si256((const __m256i *)(p + offsetof(block_q8_0, qs)));
         *u = _mm256_sign_epi8(*sgn, *sgn);
+    } else if (is_q5(wtype)) {
+        *u = cys_unpack_q5(p + qh_offset(wtype), p + qs_offset(wtype));
     } else {
         *u = unpack_q4(p + qs_offset(wtype));
     }
@@ -334,7 +357,8 @@ CYS_AVX2_INLINE void gemm_wtype(const int wtype, const act_t *a, int64_t T, cons
     }
 }
 
-#define Q8_FOR_EACH_WTYPE(X) X(CYS_TYPE_Q4_0) X(CYS_TYPE_Q4_1) X(CYS_TYPE_Q8_0)
+#define Q8_FOR_EACH_WTYPE(X) \
+    X(CYS_TYPE_Q4_0) X(CYS_TYPE_Q4_1) X(CYS_TYPE_Q5_0) X(CYS_TYPE_Q5_1) X(CYS_TYPE_Q8_0)
 
 /* Runs inside the caller's parallel region (orphaned worksharing), after x is quantized. */
 CYS_AVX2 static void matmul_rows_avx2(const act_t *a, int64_t T, const uint8_t *w, int64_t rb,

@@ -3,6 +3,7 @@
 
 #include "cys_kernels.h"
 #include "ggml_blocks.h"
+#include "kquants.h"
 #include "simd_avx2.h"
 
 int cys_cpu_has_avx2(void) {
@@ -23,7 +24,14 @@ int64_t cys_block_elems(int wtype) {
     case CYS_TYPE_BF16: return 1;
     case CYS_TYPE_Q4_0:
     case CYS_TYPE_Q4_1:
+    case CYS_TYPE_Q5_0:
+    case CYS_TYPE_Q5_1:
     case CYS_TYPE_Q8_0: return QK;
+    case CYS_TYPE_Q2_K:
+    case CYS_TYPE_Q3_K:
+    case CYS_TYPE_Q4_K:
+    case CYS_TYPE_Q5_K:
+    case CYS_TYPE_Q6_K: return QK_K;
     default: return CYS_ERR_TYPE;
     }
 }
@@ -36,7 +44,7 @@ int64_t cys_row_bytes(int wtype, int64_t K) {
     case CYS_TYPE_F32: return K * 4;
     case CYS_TYPE_F16:
     case CYS_TYPE_BF16: return K * 2;
-    default: return K / QK * cys_group_bytes(wtype);
+    default: return block == QK_K ? K / QK_K * kq_block_bytes(wtype) : K / QK * cys_group_bytes(wtype);
     }
 }
 
@@ -63,6 +71,24 @@ static void dequantize_row_q4_1_ref(const block_q4_1 *x, int64_t K, float *y) {
     }
 }
 
+/* Q5: the fifth bit of element j is bit j of qh. */
+static void dequantize_row_q5_ref(const uint8_t *qh4, const uint8_t *qs, float d, float m, int bias,
+                                  float *y) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    for (int j = 0; j < QK / 2; j++) {
+        const int lo = (qs[j] & 0x0F) | (((qh >> j) & 1) << 4);
+        const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+        if (bias) {
+            y[j] = (float)(lo - bias) * d;
+            y[j + QK / 2] = (float)(hi - bias) * d;
+        } else {
+            y[j] = (float)lo * d + m;
+            y[j + QK / 2] = (float)hi * d + m;
+        }
+    }
+}
+
 static void dequantize_row_q8_0_ref(const block_q8_0 *x, int64_t K, float *y) {
     for (int64_t b = 0; b < K / QK; b++) {
         const float d = cys_fp16_to_fp32(x[b].d);
@@ -83,16 +109,29 @@ void cys_dequantize_row_scalar(const uint8_t *row, int wtype, int64_t K, float *
     case CYS_TYPE_BF16:
         for (int64_t i = 0; i < K; i++) dst[i] = cys_bf16_to_fp32(cys_read_half(row + 2 * i));
         return;
+    case CYS_TYPE_Q2_K:
+    case CYS_TYPE_Q3_K:
+    case CYS_TYPE_Q4_K:
+    case CYS_TYPE_Q5_K:
+    case CYS_TYPE_Q6_K:
+        kq_dequantize_row_scalar(wtype, row, K, dst);
+        return;
     default:
         break;
     }
     const int64_t gb = cys_group_bytes(wtype);
     for (int64_t b = 0; b < K / QK; b++) {
-        union { block_q4_0 q4_0; block_q4_1 q4_1; block_q8_0 q8_0; } blk;
+        union { block_q4_0 q4_0; block_q4_1 q4_1; block_q5_0 q5_0; block_q5_1 q5_1; block_q8_0 q8_0; } blk;
         memcpy(&blk, row + b * gb, (size_t)gb);
-        if (wtype == CYS_TYPE_Q4_0) dequantize_row_q4_0_ref(&blk.q4_0, QK, dst + b * QK);
-        else if (wtype == CYS_TYPE_Q4_1) dequantize_row_q4_1_ref(&blk.q4_1, QK, dst + b * QK);
-        else if (wtype == CYS_TYPE_Q8_0) dequantize_row_q8_0_ref(&blk.q8_0, QK, dst + b * QK);
+        float *y = dst + b * QK;
+        if (wtype == CYS_TYPE_Q4_0) dequantize_row_q4_0_ref(&blk.q4_0, QK, y);
+        else if (wtype == CYS_TYPE_Q4_1) dequantize_row_q4_1_ref(&blk.q4_1, QK, y);
+        else if (wtype == CYS_TYPE_Q5_0)
+            dequantize_row_q5_ref(blk.q5_0.qh, blk.q5_0.qs, cys_fp16_to_fp32(blk.q5_0.d), 0.0f, 16, y);
+        else if (wtype == CYS_TYPE_Q5_1)
+            dequantize_row_q5_ref(blk.q5_1.qh, blk.q5_1.qs, cys_fp16_to_fp32(blk.q5_1.d),
+                                  cys_fp16_to_fp32(blk.q5_1.m), 0, y);
+        else if (wtype == CYS_TYPE_Q8_0) dequantize_row_q8_0_ref(&blk.q8_0, QK, y);
     }
 }
 
@@ -113,6 +152,13 @@ CYS_AVX2 void cys_dequantize_row_avx2(const uint8_t *row, int wtype, int64_t K, 
 #define CASE(T) case T: dequant_groups(T, row, ngroups, dst); break;
         CYS_FOR_EACH_WTYPE(CASE)
 #undef CASE
+    case CYS_TYPE_Q2_K:
+    case CYS_TYPE_Q3_K:
+    case CYS_TYPE_Q4_K:
+    case CYS_TYPE_Q5_K:
+    case CYS_TYPE_Q6_K:
+        kq_dequantize_row_avx2(wtype, row, K, dst);
+        return;
     default: return;
     }
     /* plain float formats may have K % 32 != 0: finish the tail with the scalar twin */

@@ -1,7 +1,9 @@
 /* Rotary position embedding, in place, for the two layouts GGUF models use.
  *
- * Angles are pos * theta^(-2i/Dh) computed in double: at positions in the thousands a float angle
- * is already off by ~1e-4 rad. cos/sin are computed once per token and shared by all heads.
+ * Angles are pos * theta^(-2i/Dh) / factor_i computed in double: at positions in the thousands a
+ * float angle is already off by ~1e-4 rad. cos/sin are computed once per token and shared by all
+ * heads. The optional factors (f32[Dh/2]) divide each pair's frequency: Llama 3.1's rope scaling,
+ * the file's rope_freqs tensor, as ggml's rope applies it.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -67,13 +69,16 @@ CYS_AVX2 static void rope_head_avx2(float *x, int64_t Dh, int neox, const float 
 }
 
 int cys_rope(float *x, const int32_t *positions, int64_t T, int64_t num_heads, int64_t head_dim,
-             double theta, int neox, int nthreads, int simd) {
+             double theta, const float *freq_factors, int neox, int nthreads, int simd) {
     const int64_t half = head_dim / 2;
     simd = simd && cys_cpu_has_avx2();
     double *inv_freq = malloc((size_t)half * sizeof(double));
     if (!inv_freq) return CYS_ERR_NOMEM;
     int failed = 0;
-    for (int64_t i = 0; i < half; i++) inv_freq[i] = pow(theta, -2.0 * (double)i / (double)head_dim);
+    for (int64_t i = 0; i < half; i++) {
+        inv_freq[i] = pow(theta, -2.0 * (double)i / (double)head_dim);
+        if (freq_factors) inv_freq[i] /= (double)freq_factors[i];
+    }
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && T * num_heads * head_dim >= CYS_ROPE_PAR_MIN_ELEMS)
     {
         float *c = malloc((size_t)head_dim * 2 * sizeof(float));

@@ -56,6 +56,8 @@ static inline int64_t cys_group_bytes(int wtype) {
     case CYS_TYPE_BF16: return 32 * 2;
     case CYS_TYPE_Q4_0: return sizeof(block_q4_0);
     case CYS_TYPE_Q4_1: return sizeof(block_q4_1);
+    case CYS_TYPE_Q5_0: return sizeof(block_q5_0);
+    case CYS_TYPE_Q5_1: return sizeof(block_q5_1);
     case CYS_TYPE_Q8_0: return sizeof(block_q8_0);
     default: return 0;
     }
@@ -70,6 +72,33 @@ CYS_AVX2_INLINE void cys_unpack_nibbles(const uint8_t *qs, int bias, __m256 q[4]
     __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
     lo = _mm_sub_epi8(lo, _mm_set1_epi8((char)bias));
     hi = _mm_sub_epi8(hi, _mm_set1_epi8((char)bias));
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+}
+
+/* 32 bits -> 32 bytes, byte j = 0x10 where bit j is set, else 0 (Q5's fifth bit, in place). */
+CYS_AVX2_INLINE __m256i cys_bits_to_0x10(uint32_t bits) {
+    const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                          _mm256_setr_epi64x(0, 0x0101010101010101LL,
+                                                             0x0202020202020202LL, 0x0303030303030303LL));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+/* A Q5_0 / Q5_1 block's 32 unsigned codes 0..31 as bytes, elements in order. */
+CYS_AVX2_INLINE __m256i cys_unpack_q5(const uint8_t *qh, const uint8_t *qs) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+    return _mm256_or_si256(nib, cys_bits_to_0x10(bits));
+}
+
+/* 32 signed bytes -> 4 vectors of floats (elements 0..31). */
+CYS_AVX2_INLINE void cys_bytes_to_ps(__m256i v, __m256 q[4]) {
+    const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
     q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
     q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
     q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
@@ -115,16 +144,33 @@ CYS_AVX2_INLINE void cys_load_group(const int wtype, const uint8_t *p, __m256 w[
         for (int j = 0; j < 4; j++) w[j] = _mm256_fmadd_ps(w[j], d, m);
         break;
     }
+    case CYS_TYPE_Q5_0: {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(cys_read_half(p + offsetof(block_q5_0, d))));
+        const __m256i u = cys_unpack_q5(p + offsetof(block_q5_0, qh), p + offsetof(block_q5_0, qs));
+        cys_bytes_to_ps(_mm256_sub_epi8(u, _mm256_set1_epi8(16)), w);
+        for (int j = 0; j < 4; j++) w[j] = _mm256_mul_ps(w[j], d);
+        break;
+    }
+    case CYS_TYPE_Q5_1: {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(cys_read_half(p + offsetof(block_q5_1, d))));
+        const __m256 m = _mm256_set1_ps(_cvtsh_ss(cys_read_half(p + offsetof(block_q5_1, m))));
+        cys_bytes_to_ps(cys_unpack_q5(p + offsetof(block_q5_1, qh), p + offsetof(block_q5_1, qs)), w);
+        for (int j = 0; j < 4; j++) w[j] = _mm256_fmadd_ps(w[j], d, m);
+        break;
+    }
     default:
         break;
     }
 }
 
-/* The set of weight formats, for code that instantiates one loop per format. */
-#define CYS_FOR_EACH_WTYPE(X) \
-    X(CYS_TYPE_F32) X(CYS_TYPE_F16) X(CYS_TYPE_BF16) X(CYS_TYPE_Q4_0) X(CYS_TYPE_Q4_1) X(CYS_TYPE_Q8_0)
+/* The formats of 32-element groups, for code that instantiates one loop per format (the K-quants
+ * have their own, kquants.h). */
+#define CYS_FOR_EACH_WTYPE(X)                                                                      \
+    X(CYS_TYPE_F32) X(CYS_TYPE_F16) X(CYS_TYPE_BF16) X(CYS_TYPE_Q4_0) X(CYS_TYPE_Q4_1)              \
+    X(CYS_TYPE_Q5_0) X(CYS_TYPE_Q5_1) X(CYS_TYPE_Q8_0)
 
-/* Decode a row of K elements (K % 32 may be non-zero only for the plain float formats). */
+/* Decode a row of K elements (K % 32 may be non-zero only for the plain float formats; K % 256
+ * == 0 for the K-quants). */
 void cys_dequantize_row_avx2(const uint8_t *row, int wtype, int64_t K, float *dst);
 
 #endif /* CYS_SIMD_AVX2_H */
