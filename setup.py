@@ -38,31 +38,17 @@ DEBUG = os.environ.get("CYSERVE_DEBUG") == "1"
 
 
 def generate_protos() -> None:
-    """Generate cyserve/v1/*_pb2*.py from protos/ so `import cyserve.v1.generation_pb2` resolves."""
-    protos = sorted(glob.glob(os.path.join(PROTO_ROOT, "cyserve", "v1", "*.proto")))
-    if not protos:
-        return
-    from grpc_tools import protoc
-    import grpc_tools
-
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    out_dir = os.path.join(ROOT, "cyserve", "v1")
-    os.makedirs(out_dir, exist_ok=True)
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
-        f"--python_out={ROOT}",
-        f"--pyi_out={ROOT}",
-        f"--grpc_python_out={ROOT}",
-        *protos,
-    ]
-    if protoc.main(args) != 0:
-        sys.exit(f"protoc failed on {protos}")
-    init = os.path.join(out_dir, "__init__.py")
-    if not os.path.exists(init):
-        with open(init, "w") as fh:
-            fh.write('"""Generated from protos/cyserve/v1 at build time. Do not edit."""\n')
+    """Generate cyserve/v1/*_pb2*.py from protos/ (protos/python_stubs.py, which the client-only
+    distribution in clients/python uses too) so `import cyserve.v1.generation_pb2` resolves."""
+    sys.path.insert(0, PROTO_ROOT)
+    try:
+        import python_stubs
+    finally:
+        sys.path.remove(PROTO_ROOT)
+    try:
+        python_stubs.generate(ROOT)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 class BuildPyWithProtos(build_py):

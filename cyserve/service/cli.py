@@ -2,13 +2,16 @@
 
     cyserve serve [--host H] [--port P] [--model PATH] [--threads N] ...   run the gRPC server
     cyserve generate "prompt" [--chat] [--max-tokens N] [--temperature T]  stream a completion
-    cyserve tokenize "text" [--model PATH]                                  token ids as JSON
+    cyserve tokenize "text" [--model PATH | --address A]                    token ids as JSON
     cyserve bench [--address A] [--concurrency N | --sweep 1,4,16] ...      serving benchmark
 
 `serve` flags also come from CYSERVE_* environment variables (a flag wins over its variable);
 `generate` talks to a running server; `tokenize` reads the tokenizer straight from the GGUF file
-(no server, no weights loaded). Usage errors and unusable models exit with status 2, failed calls
-with 1.
+(no server, no weights loaded), or asks a server when given --address, --tls-ca or --token. Both
+reach a server with TLS (--tls-ca, and --tls-cert/--tls-key for mutual TLS) and a bearer token
+(--token), or the client variables of cyserve.client (CYSERVE_TLS_CA, CYSERVE_CLIENT_CERT,
+CYSERVE_CLIENT_KEY, CYSERVE_TOKEN). Usage errors, unusable models and unusable TLS files exit with
+status 2, failed calls with 1.
 """
 from __future__ import annotations
 
@@ -65,29 +68,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import grpc
-
+    from cyserve.client import CallError
     from cyserve.v1 import generation_pb2 as pb
-    from cyserve.v1 import generation_pb2_grpc as pb_grpc
 
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        return _fail(str(exc), status=2)
     request = _generate_request(args, pb)
     out = sys.stdout
     ends_with_newline = True
     last = None
-    with grpc.insecure_channel(args.address) as channel:
-        call = pb_grpc.GenerationStub(channel).GenerateStream(request, timeout=args.timeout)
+    with client:
+        stream = client.stream(request, timeout=args.timeout)
         try:
-            for last in call:
+            for last in stream:
                 if last.text:
                     out.write(last.text)
                     out.flush()
                     ends_with_newline = last.text.endswith("\n")
-        except grpc.RpcError as exc:
+        except CallError as exc:
             if not ends_with_newline:
                 out.write("\n")
-            return _fail(_describe_rpc_error(exc, args.address), status=1)
+            return _fail(_describe_call_error(exc), status=1)
         except KeyboardInterrupt:
-            call.cancel()
+            stream.close()  # cancels the call: the server stops generating
             raise
     if not ends_with_newline:
         out.write("\n")
@@ -120,36 +125,69 @@ def _generate_request(args: argparse.Namespace, pb: Any) -> Any:
     return request
 
 
-def _describe_rpc_error(exc: Any, address: str) -> str:
-    """One line for the status, then one per field violation."""
-    import grpc
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
+# ---- reaching a server ----
 
-    code = exc.code()
-    violations = []
-    status = rpc_status.from_call(exc)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            violations += [f"  {v.field}: {v.description}" for v in bad_request.field_violations]
-    if violations:
-        return "\n".join([f"{code.name}: the server rejected the request:", *violations])
-    message = f"{code.name}: {exc.details()}"
-    if code is grpc.StatusCode.UNAVAILABLE:
-        message += f" (is `cyserve serve` running at {address}?)"
-    return message
+# How a refused call's hint names what to change: this command's flags (cyserve.client's names).
+_FLAG_NAMES = {
+    "token": "--token (env CYSERVE_TOKEN)",
+    "tls_ca": "--tls-ca (env CYSERVE_TLS_CA)",
+    "client_cert": "--tls-cert and --tls-key (env CYSERVE_CLIENT_CERT, CYSERVE_CLIENT_KEY)",
+    "server": "`cyserve serve`",
+}
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A cyserve.client.Client from the connection flags, each falling back to its variable. One
+    try per call: a command's user retries by running it again. Raises ValueError naming the flag."""
+    from cyserve.client import ENV_VARS, NO_RETRY, ChannelOptions, Client
+
+    env = os.environ
+    tls_ca = args.tls_ca or env.get(ENV_VARS["tls_ca"]) or None
+    tls_cert = args.tls_cert or env.get(ENV_VARS["tls_cert"]) or None
+    tls_key = args.tls_key or env.get(ENV_VARS["tls_key"]) or None
+    token = args.token if args.token is not None else env.get(ENV_VARS["token"])
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls-cert and --tls-key (env CYSERVE_CLIENT_CERT, CYSERVE_CLIENT_KEY) come together: "
+                         "give the client certificate and its key, or neither")
+    if tls_cert and not tls_ca:
+        raise ValueError("a client certificate is for TLS: give --tls-ca (env CYSERVE_TLS_CA), the CA of the "
+                         "server's certificate, too")
+    if token is not None and not token.strip():
+        raise ValueError("the token is empty: give --token (env CYSERVE_TOKEN) the server's token, or leave it out")
+    options = ChannelOptions(args.address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+    return Client(options=options, timeout=None, retry=NO_RETRY)
+
+
+def _describe_call_error(exc: Any) -> str:
+    """The status (one line per field violation under it) and what to change, in flag names."""
+    if exc.violations:
+        return "\n".join([f"{exc.code.name}: the server rejected the request:",
+                          *(f"  {v.field}: {v.description}" for v in exc.violations)])
+    return exc.describe(_FLAG_NAMES)
+
+
+def _add_connection_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tls-ca", metavar="PEM",
+                         help="CA certificate(s) that signed the server's certificate: use TLS (env CYSERVE_TLS_CA)")
+    command.add_argument("--tls-cert", metavar="PEM",
+                         help="client certificate, for a server with mutual TLS (env CYSERVE_CLIENT_CERT)")
+    command.add_argument("--tls-key", metavar="PEM", help="the client certificate's key (env CYSERVE_CLIENT_KEY)")
+    command.add_argument("--token", help="bearer token the server requires (env CYSERVE_TOKEN)")
 
 
 # ---- tokenize ----
 
 
 def _tokenize(args: argparse.Namespace) -> int:
+    text = _text_arg(args.text)
+    if args.address or args.tls_ca or args.token is not None:
+        if args.model:
+            return _fail("--model reads a local file, --address/--tls-ca/--token ask a server: give one or the other",
+                         status=2)
+        return _tokenize_on_server(args, text)
     from cyserve.fastpath.model.gguf_file import GGUFFile
     from cyserve.fastpath.tokenizer import Tokenizer
 
-    text = _text_arg(args.text)
     try:
         path = args.model or os.environ.get(ENV_VARS["model_path"][0]) or default_model_path()
         if not os.path.isfile(path):
@@ -161,6 +199,23 @@ def _tokenize(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         return _fail(str(exc), status=2)
     print(json.dumps(list(tokenizer.encode(text, parse_special=True))))
+    return 0
+
+
+def _tokenize_on_server(args: argparse.Namespace, text: str) -> int:
+    from cyserve.client import CallError
+
+    args.address = args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    try:
+        client = _client(args)
+    except ValueError as exc:
+        return _fail(str(exc), status=2)
+    with client:
+        try:
+            ids = client.tokenize(text, timeout=args.timeout)
+        except CallError as exc:
+            return _fail(_describe_call_error(exc), status=1)
+    print(json.dumps(ids))
     return 0
 
 
@@ -241,17 +296,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"server address (env {ADDRESS_ENV}; default {DEFAULT_ADDRESS})",
     )
     generate.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of the call")
+    _add_connection_flags(generate)
     generate.add_argument(
         "-v", "--verbose", action="store_true", help="print finish reason and usage to stderr"
     )
 
-    tokenize = commands.add_parser("tokenize", help="print the token ids of a text (no server)")
+    tokenize = commands.add_parser(
+        "tokenize", help="print the token ids of a text (from the model file, or a server with --address)")
     tokenize.set_defaults(run=_tokenize)
     tokenize.add_argument("text", help='text to tokenize ("-" reads standard input)')
     tokenize.add_argument(
         "--model", metavar="PATH",
         help=f"GGUF file whose tokenizer to use (env {ENV_VARS['model_path'][0]}; default the default model)",
     )
+    tokenize.add_argument(
+        "--address", help=f"ask the server at this address instead (default {ADDRESS_ENV} or {DEFAULT_ADDRESS} "
+                          "when --tls-ca or --token is given)",
+    )
+    tokenize.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of the server call")
+    _add_connection_flags(tokenize)
 
     bench = commands.add_parser(
         "bench", help="benchmark a running server (cyserve over gRPC, or OpenAI-compatible HTTP)"

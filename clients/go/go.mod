@@ -1,0 +1,3 @@
+module github.com/cyserve/cyserve/clients/go
+
+go 1.19
