@@ -1,0 +1,32 @@
+"""Fixtures of the structured-output tests: the default model's tokenizer and a grammar cache on it."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cyserve.fastpath.structured.grammars import GrammarCache
+
+
+@pytest.fixture(scope="session")
+def tokenizer(gguf_model: Any) -> Any:
+    from cyserve.fastpath.loading import load_tokenizer
+
+    return load_tokenizer(gguf_model)
+
+
+@pytest.fixture(scope="session")
+def vocab_size(gguf_model: Any) -> int:
+    return gguf_model.config.vocab_size
+
+
+@pytest.fixture(scope="session")
+def eos_ids(tokenizer: Any) -> frozenset[int]:
+    return frozenset({tokenizer.eos_token_id, tokenizer.token_to_id("<|endoftext|>")} - {None})
+
+
+@pytest.fixture(scope="session")
+def grammars(tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> GrammarCache:
+    cache = GrammarCache(tokenizer, vocab_size, eos_ids)
+    yield cache
+    cache.close()
