@@ -30,3 +30,21 @@ def grammars(tokenizer: Any, vocab_size: int, eos_ids: frozenset[int]) -> Gramma
     cache = GrammarCache(tokenizer, vocab_size, eos_ids)
     yield cache
     cache.close()
+
+
+@pytest.fixture(scope="module")
+def api(engine: Any) -> Any:
+    from server_support import serving
+
+    with serving(engine) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stub(api: Any) -> Any:
+    import grpc
+
+    from cyserve.v1 import generation_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(api.address) as channel:
+        yield pb_grpc.GenerationStub(channel)
