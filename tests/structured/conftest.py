@@ -48,3 +48,15 @@ def stub(api: Any) -> Any:
 
     with grpc.insecure_channel(api.address) as channel:
         yield pb_grpc.GenerationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def openai_client(engine: Any) -> Any:
+    """The official client on the OpenAI-compatible HTTP API of a server on the real engine."""
+    import openai
+    from server_support import serving
+
+    with serving(engine, http_port=0) as server:
+        with openai.OpenAI(base_url=server.http_address + "/v1", api_key="unused", max_retries=0,
+                           timeout=120) as client:
+            yield client
