@@ -34,6 +34,7 @@ from cyserve.fastpath.loading import load_model
 from cyserve.fastpath.model.runner import RunnerOutput
 from cyserve.fastpath.model.weights import ModelWeights
 from cyserve.fastpath.runner_setup import RunnerSetup, make_runner
+from cyserve.fastpath.structured.grammars import GrammarCache
 from cyserve.fastpath.tokenizer import Tokenizer
 from cyserve.kernels.cpu import threads
 from cyserve.kernels.cuda import CudaUnavailableError, select_device
@@ -80,6 +81,7 @@ class Engine:
                                                    *model.end_token_ids)
                                        if t is not None)
         self.model_info = self._model_info()
+        self.grammars = GrammarCache(tokenizer, model.config.vocab_size, self.eos_token_ids)
         self._inbox: collections.deque = collections.deque()  # ("add", seq, sub) | ("abort" | "resume", id)
         self._wakeup = threading.Condition()
         self._subscribers: dict[str, _Subscriber] = {}
@@ -125,6 +127,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.grammars.close()
 
     def stats(self) -> EngineStats:
         """A snapshot of the counters (read without locking: each is one machine word)."""
@@ -154,6 +157,12 @@ class Engine:
         if req.request_id in self._subscribers:
             raise InvalidRequestError("request_id", f"{req.request_id!r} is already in flight; use a unique id")
         seq = self._make_sequence(req)
+        if req.constraint is not None:  # compiled on the grammar pool (cached), then a matcher of its own
+            seq.matcher = (await self.grammars.compile_async(req.constraint)).new_matcher()
+            if self._stopping:
+                raise EngineStoppedError("the engine is shutting down; retry on another replica")
+            if req.request_id in self._subscribers:
+                raise InvalidRequestError("request_id", f"{req.request_id!r} is already in flight; use a unique id")
         queue: asyncio.Queue = asyncio.Queue()
         sub = _Subscriber(asyncio.get_running_loop(), queue, SequenceOutputState(seq, self.tokenizer, self.eos_token_ids))
         self._subscribers[req.request_id] = sub

@@ -91,18 +91,18 @@ class ChatTemplate:
         """The roles this template knows: the standard ones and any it compares a role with."""
         return STANDARD_ROLES | frozenset(_ROLE_LITERAL.findall(self.source))
 
-    def render_parts(self, messages: Sequence[dict[str, str]],
-                     add_generation_prompt: bool) -> RenderedChat:
+    def render_parts(self, messages: Sequence[dict[str, Any]],
+                     add_generation_prompt: bool, tools: list[dict[str, Any]] | None = None) -> RenderedChat:
         """render(), plus where each message's content lies in the prompt (see RenderedChat).
 
         Each content is first rendered as an unguessable placeholder; the placeholders are then
         replaced by the contents, and the result must equal the plain rendering.
         """
-        text = self.render(messages, add_generation_prompt)
+        text = self.render(messages, add_generation_prompt, tools)
         nonce = secrets.token_hex(8)
         marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
         marked = self.render([{**m, "content": mark} for m, mark in zip(messages, marks)],
-                             add_generation_prompt)
+                             add_generation_prompt, tools)
         parts: list[tuple[str, bool]] = []
         for i, piece in enumerate(re.split(f"\ue000{nonce}:(\\d+)\ue001", marked)):
             if i % 2:
@@ -113,18 +113,22 @@ class ChatTemplate:
             return RenderedChat(text, None)
         return RenderedChat(text, tuple(parts))
 
-    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
-        """The prompt text for `messages` (dicts with "role" and "content").
+    def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text for `messages` (dicts with "role" and "content", and maybe "tool_calls",
+        "tool_call_id", "name"); `tools`, when given, is the template's `tools` variable.
 
         Raises ChatTemplateError with the template's own message when it rejects the messages
         (e.g. roles that do not alternate) or fails on them.
         """
         try:
+            extra = {"tools": tools} if tools is not None else {}
             return self._template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except ChatTemplateError:
             raise

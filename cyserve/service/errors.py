@@ -7,6 +7,7 @@ a logged INTERNAL.
     RequestValidationError, InvalidRequestError  -> INVALID_ARGUMENT + google.rpc.BadRequest
     PromptTooLongError                           -> INVALID_ARGUMENT + BadRequest + ErrorInfo (limits)
     ResourceExhaustedError                       -> RESOURCE_EXHAUSTED + RetryInfo + ErrorInfo
+    StructuredOutputUnavailableError             -> FAILED_PRECONDITION naming the extra to install
     EngineStoppedError, ServiceUnavailableError  -> UNAVAILABLE
     ModelLoadingError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (MODEL_LOADING)
     ShuttingDownError                            -> UNAVAILABLE + RetryInfo + ErrorInfo (SHUTTING_DOWN)
@@ -27,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
+from cyserve.fastpath.structured.grammars import StructuredOutputUnavailableError
 from cyserve.service.validation import FieldViolation, RequestValidationError
 
 log = structlog.get_logger("cyserve.service")
@@ -173,6 +175,8 @@ def status_for(exc: Exception) -> grpc.Status:
         return resource_exhausted_status(exc)
     if isinstance(exc, InvalidRequestError):
         return bad_request_status([FieldViolation(exc.field, exc.message)])
+    if isinstance(exc, StructuredOutputUnavailableError):
+        return _plain_status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, (ModelLoadingError, ShuttingDownError)):
         return unavailable_status(exc)
     if isinstance(exc, (EngineStoppedError, ServiceUnavailableError)):

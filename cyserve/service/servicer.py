@@ -21,7 +21,9 @@ import grpc
 import structlog
 
 from cyserve.fastpath.contract import EngineClient, ModelInfo, TokenizerClient
-from cyserve.fastpath.core.request import EngineRequest, GeneratedTokens, RequestOutput
+from cyserve.fastpath.core.request import EngineRequest, FinishReason, GeneratedTokens, RequestOutput
+from cyserve.fastpath.structured import MAX_CONSTRAINT_BYTES
+from cyserve.fastpath.structured.grammars import supported_kinds
 from cyserve.service.chat_template import (
     ChatTemplate,
     ChatTemplateError,
@@ -36,6 +38,8 @@ from cyserve.service.completion import (
     resolved_params,
     until_deadline,
 )
+from cyserve.service import tool_calls
+from cyserve.service.constraints import constraint_of
 from cyserve.service.errors import PromptTooLongError, ShuttingDownError
 from cyserve.service.limits import Admission, ServiceLimits
 from cyserve.service.observability.telemetry import Telemetry
@@ -107,6 +111,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 self._chat_template_problem = f"{exc}; send a prompt instead"
                 log.warning("chat_template.unusable", error=str(exc))
         self._special_tokens = special_token_pattern(_special_token_texts(engine.tokenizer))
+        self._tool_format = tool_calls.tool_call_format(source or "")
+        self._tool_formats = tool_calls.formats_for(source or "")
         self._engine = engine  # last: `ready` means every field above is set
 
     # ---- RPCs ----
@@ -201,7 +207,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             max_logprobs=lim.max_logprobs, max_batch_size=lim.max_batch_size,
             max_message_bytes=lim.max_message_bytes, max_concurrent_streams=lim.max_concurrent_streams,
             max_queued_requests=lim.max_queued_requests, chat=self._chat_template is not None,
-            prompt_logprobs=True, **self._features,
+            prompt_logprobs=True, constraint_kinds=list(supported_kinds()),
+            tool_call_formats=self._tool_formats if self._chat_template is not None else [],
+            max_constraint_bytes=MAX_CONSTRAINT_BYTES, max_tools=tool_calls.MAX_TOOLS, **self._features,
         )
 
     async def Tokenize(
@@ -347,7 +355,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 priority=request.priority,
                 cache_salt=request.cache_salt or None,
                 generated=generated,
+                constraint=constraint_of(request.sampling) or tool_calls.tool_constraint(request, self._tool_format),
             )
+            parse_calls = bool(request.tools) and tool_calls.mode_of(request) != tool_calls.Mode.MODE_NONE
+            texts: list[str] = []
             progress.params = resolved_params(engine_request, request.output)
             deadline = (progress.started + request.stopping.max_time_s
                         if request.stopping.HasField("max_time_s") else None)
@@ -364,6 +375,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                         break
                     telemetry.on_output(output)
                     response = progress.response(output, request_id)
+                    if parse_calls and response is not None:
+                        texts.append(response.text)
+                        if output.finished:
+                            self._add_tool_calls(request, response, "".join(texts), progress)
                     if response is not None:
                         yield response
                     if output.finished:
@@ -389,6 +404,18 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 progress.num_completion_tokens,
                 failure,
             )
+
+    def _add_tool_calls(self, request: pb.GenerateRequest, response: pb.GenerateResponse, text: str,
+                        progress: CompletionProgress) -> None:
+        """The last message of a completion that called functions: its calls, finish reason TOOL_CALLS."""
+        if response.finish_reason not in (pb.FINISH_REASON_EOS, pb.FINISH_REASON_STOP_SEQUENCE,
+                                          pb.FINISH_REASON_STOP_TOKEN):
+            return  # cut short (LENGTH, ...): whatever call it was writing is unfinished
+        calls = tool_calls.parse_tool_calls(text, self._tool_format, {t.name for t in request.tools})
+        if calls:
+            response.tool_calls.extend(calls)
+            response.finish_reason = pb.FINISH_REASON_TOOL_CALLS
+            progress.finish_reason = FinishReason.TOOL_CALLS
 
     def _encode_prompt(self, request: pb.GenerateRequest) -> list[int]:
         """Prompt token ids (runs in a worker thread)."""
@@ -432,15 +459,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         unknown = [FieldViolation(f"messages[{i}].role", (
                        f"is not a role this model's chat template knows; use one of "
                        f"{', '.join(sorted(roles))}"))
-                   for i, m in enumerate(request.messages) if m.role not in roles]
+                   for i, m in enumerate(request.messages) if m.role not in roles and m.role != "tool"]
         if unknown:
             raise RequestValidationError(unknown)
         add_generation_prompt = (
             request.add_generation_prompt if request.HasField("add_generation_prompt") else True
         )
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages, tools = tool_calls.template_messages(request, self._chat_template.source, roles)
         try:
-            return self._chat_template.render_parts(messages, add_generation_prompt)
+            return self._chat_template.render_parts(messages, add_generation_prompt, tools)
         except ChatTemplateError as exc:
             raise RequestValidationError([FieldViolation("messages", str(exc))]) from exc
 

@@ -53,6 +53,12 @@ def generate_request_violations(request: pb.GenerateRequest, limits=None,
     violations += _sampling_violations(request.sampling, limits, vocab_size)
     violations += _stopping_violations(request.stopping, limits, vocab_size)
     violations += _output_violations(request.output, limits)
+    # imported here: both modules build on this one's FieldViolation
+    from cyserve.service.constraints import constraint_violations
+    from cyserve.service.tool_calls import tool_violations
+
+    violations += constraint_violations(request)
+    violations += tool_violations(request)
     if len(request.request_id) > MAX_REQUEST_ID_CHARS:
         violations.append(
             FieldViolation("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")

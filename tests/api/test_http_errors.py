@@ -35,10 +35,13 @@ BAD_PARAMS = [
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content[0]"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "not a schema"}}},
      "response_format"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name", "parameters": {}}}]}, "tools[0].name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"seed": "seven"}, "seed"),
 ]
@@ -56,13 +59,14 @@ def test_a_bad_parameter_is_400_naming_it(openai_client, model_name, engine, par
     assert engine.stats().num_running == 0
 
 
-def test_a_json_schema_response_is_refused_until_structured_output_exists(openai_client, model_name):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+def test_a_json_schema_that_does_not_compile_is_400_naming_response_format(openai_client, model_name):
+    schema = {"type": "object", "properties": {"city": {"$ref": "#/nowhere"}}, "required": ["city"]}
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.chat.completions.create(
             model=model_name, messages=HI, max_tokens=2,
             response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
-    assert "not supported yet" in _error(err.value)["message"]
+    error = _error(err.value)
+    assert error["param"] == "response_format" and "does not compile" in error["message"], error
     r = openai_client.chat.completions.create(model=model_name, messages=HI, max_tokens=1,
                                               response_format={"type": "text"})
     assert r.choices[0].finish_reason

@@ -4,6 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from cyserve.fastpath.structured.constraint import Constraint
+
 
 class FinishReason(enum.IntEnum):
     """Why a request stopped. Values mirror the proto enum (0 = not finished)."""
@@ -16,6 +18,7 @@ class FinishReason(enum.IntEnum):
     ERROR = 5  # the engine failed this request; see RequestOutput.error
     STOP_TOKEN = 6  # one of StoppingParams.stop_token_ids was sampled
     TIME_LIMIT = 7  # StoppingParams.max_time_s passed (enforced by the service)
+    TOOL_CALLS = 8  # the output is function calls (set by the service, which parses them)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class EngineRequest:
     stopping: StoppingParams = field(default_factory=StoppingParams)
     priority: int = 0  # higher is scheduled first (and preempted last); FCFS within a priority
     cache_salt: str | None = None  # prefix-cache namespace: only requests with the same salt share K/V
+    # What the output must match (structured output); compiled off the engine thread before the
+    # request is scheduled, and each of its sequences gets its own matcher. None: free text.
+    constraint: Constraint | None = None
     generated: GeneratedTokens = field(default_factory=GeneratedTokens, compare=False, repr=False)
 
 

@@ -26,6 +26,12 @@ def check_request(req: EngineRequest, vocab_size: int, max_model_len: int) -> No
         raise InvalidRequestError("stopping.max_tokens", "must be at least 1")
     if req.sampling.prompt_logprobs is not None and req.sampling.prompt_logprobs < 0:
         raise InvalidRequestError("sampling.prompt_logprobs", "must be >= 0 (or None for none)")
+    if req.constraint is not None and req.stopping.ignore_eos:
+        raise InvalidRequestError("stopping.ignore_eos", "cannot be combined with a constraint: the constraint "
+                                  "decides where the output may end")
+    if req.constraint is not None and req.stopping.min_tokens:
+        raise InvalidRequestError("stopping.min_tokens", "cannot be combined with a constraint: the constraint "
+                                  "decides where the output may end")
     if not -(2**31) <= req.priority < 2**31:
         raise InvalidRequestError("priority", "must fit in a signed 32-bit integer")
 

@@ -19,6 +19,7 @@ cdef class Sequence:
     cdef public int num_scheduled_tokens    # tokens scheduled this step; 0 when not scheduled
     cdef public long preempted_at_step      # scheduler step of the last preemption, -1 if never
     cdef public int num_scored_prompt_rows  # prompt rows whose logprobs were computed (prompt_logprobs)
+    cdef public object matcher              # structured.grammars.ConstraintMatcher, or None: unconstrained
     # Prefix-cache bookkeeping, owned by the KVCacheManager.
     cdef public int num_committed_blocks    # leading blocks already offered to the prefix cache
     cdef uint64_t* hashes                   # [2 * num_hashes] the 128-bit chain keys of the leading full

@@ -39,6 +39,7 @@ cdef class Sequence:
         self.num_scheduled_tokens = 0
         self.preempted_at_step = -1
         self.num_scored_prompt_rows = 0
+        self.matcher = None
         self.num_committed_blocks = 0
 
     def __dealloc__(self):

@@ -11,6 +11,8 @@ and seeded outputs are bit-for-bit what they were before those features existed.
 import numpy as np
 from libc.stdint cimport uint64_t
 
+from cyserve.fastpath.structured.token_mask import apply_token_bitmask
+
 
 cdef inline uint64_t splitmix64(uint64_t* state) noexcept nogil:
     state[0] += <uint64_t>0x9E3779B97F4A7C15
@@ -157,8 +159,11 @@ def rows_logprobs(object logits, object token_ids, int num_top):
     return target_lp, top_ids, top_lp
 
 
-def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None) -> list:
+def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None, masks=None) -> list:
     """One token per row of `logits` [S, vocab] for the matching sequence in `seqs`.
+
+    `masks` (structured.masks.TokenMasks, or None) holds the token bitmask of each constrained row:
+    tokens it disallows get -inf (in a copy of the row) after the other processing.
 
     `eos_token_ids` are masked (with each request's stop_token_ids) until its min_tokens. When
     `logprobs_out` is a list, it receives one entry per row: None, or (logprob, top) for requests
@@ -173,6 +178,10 @@ def sample(object logits, list seqs, eos_token_ids=(), list logprobs_out=None) -
         params = seq.request.sampling
         raw = logits[i]
         row = processed_row(raw, seq, eos_token_ids)
+        if masks is not None and masks.has_row(i):
+            if row is raw:
+                row = np.array(raw, dtype=np.float32)
+            apply_token_bitmask(row, masks.bitmask[i])
         if params.temperature <= 0.0:
             token = int(argmax(view[i])) if row is raw else int(np.argmax(row))
         else:
@@ -194,8 +203,8 @@ class CpuSampler:
     def workspace_bytes(num_rows: int, vocab: int) -> int:
         return 0  # host memory, allocated per step
 
-    def sample(self, logits, list seqs, eos_token_ids=(), list logprobs_out=None) -> list:
-        return sample(logits, seqs, eos_token_ids, logprobs_out)
+    def sample(self, logits, list seqs, eos_token_ids=(), list logprobs_out=None, masks=None) -> list:
+        return sample(logits, seqs, eos_token_ids, logprobs_out, masks)
 
     def rows_logprobs(self, logits, token_ids, int num_top):
         return rows_logprobs(logits, token_ids, num_top)

@@ -65,15 +65,18 @@ class DeviceSampler:
     # ---- the sampler interface (the engine calls these) ---------------------------------------
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, seqs: list, eos_token_ids=(), logprobs_out: list | None = None) -> list:
+    def sample(self, logits: torch.Tensor, seqs: list, eos_token_ids=(), logprobs_out: list | None = None,
+               masks=None) -> list:
         """One token per row of `logits` [S, vocab] for the matching sequence in `seqs`;
-        `logprobs_out` as in `sampler.sample`."""
+        `logprobs_out` and `masks` (the constrained rows' token bitmasks) as in `sampler.sample`."""
         if len(seqs) == 0:
             return []
         if logits.shape[0] != len(seqs):
             raise ValueError(f"{logits.shape[0]} logits rows for {len(seqs)} sequences")
         raw = logits
         work = self._processed(logits, seqs, eos_token_ids, keep_raw=logprobs_out is not None)
+        if masks is not None:
+            work = _masked(work.clone() if work is raw and logprobs_out is not None else work, masks)
         tokens = torch.argmax(work, dim=-1)
         random_rows = [i for i, seq in enumerate(seqs) if not seq.request.sampling.greedy]
         if random_rows:
@@ -192,3 +195,15 @@ def _normalised(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """probs with the entries outside `keep` zeroed, renormalised to sum to 1 per row."""
     probs = torch.where(keep, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
     return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def _masked(work: torch.Tensor, masks) -> torch.Tensor:
+    """`work` with the tokens each constrained row's bitmask disallows at -inf (in place): the
+    int32 words go to the device once per step and are unpacked there, bit t % 32 of word t // 32."""
+    dev, vocab = work.device, work.shape[1]
+    rows = torch.from_numpy(masks.rows.astype(np.int64)).to(dev)
+    words = torch.from_numpy(np.ascontiguousarray(masks.bitmask[masks.rows])).to(dev)  # [k, W] int32
+    bits = (words.unsqueeze(-1) >> torch.arange(32, device=dev, dtype=torch.int32)) & 1  # [k, W, 32]
+    allowed = bits.reshape(len(masks.rows), -1)[:, :vocab].bool()
+    work[rows] = work[rows].masked_fill(~allowed, float("-inf"))
+    return work

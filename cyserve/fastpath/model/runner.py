@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from cyserve.fastpath.core.request import PromptLogprobs
 from cyserve.fastpath.model.batch import BatchInputs, LogitRows, build_inputs, scheduled_items
 from cyserve.fastpath.model.weights import ModelConfig
+from cyserve.fastpath.structured.masks import TokenMasks, token_masks
 
 # One sampled token's logprobs: (logprob, [(top id, top logprob), ...]).
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
@@ -36,7 +37,7 @@ class Sampler(Protocol):
     def workspace_bytes(self, num_rows: int, vocab: int) -> int: ...
 
     def sample(self, logits: Any, seqs: list, eos_token_ids: Any = (),
-               logprobs_out: list | None = None) -> list[int]: ...
+               logprobs_out: list | None = None, masks: TokenMasks | None = None) -> list[int]: ...
 
     def rows_logprobs(self, logits: Any, token_ids: Any, num_top: int) -> tuple[Any, Any, Any]: ...
 
@@ -74,7 +75,8 @@ class RunnerBase:
         if any(item[4] == LogitRows.ALL for item in items):
             logits = self._score_prompts(scheduled.scheduled, items, inputs.logits_start_loc, logits, prompt)
         logprobs: list[TokenLogprobs | None] = []
-        tokens = self.sampler.sample(logits, scheduled.sampling, eos_token_ids, logprobs)
+        masks = token_masks(scheduled.sampling, logits.shape[1])  # None: no constrained row
+        tokens = self.sampler.sample(logits, scheduled.sampling, eos_token_ids, logprobs, masks)
         return RunnerOutput(tokens, logprobs, prompt)
 
     def _score_prompts(self, seqs: list, items: list, logits_start_loc: Any, logits: Any,

@@ -25,6 +25,7 @@ import grpc
 import structlog
 
 from cyserve.fastpath.errors import EngineStoppedError, InvalidRequestError
+from cyserve.fastpath.structured.grammars import StructuredOutputUnavailableError
 from cyserve.service.errors import (
     GenerationFailedError,
     ModelLoadingError,
@@ -103,6 +104,9 @@ def http_error(exc: BaseException, call: GenerationCall | None = None, path: str
         param = openai_param(exc.field, call)
         return HttpError(400, f"{param}: {exc.message}", "invalid_request_error",
                          grpc.StatusCode.INVALID_ARGUMENT, param=param)
+    if isinstance(exc, StructuredOutputUnavailableError):
+        return HttpError(400, str(exc), "invalid_request_error", grpc.StatusCode.FAILED_PRECONDITION,
+                         code="structured_output_unavailable")
     if isinstance(exc, ModelNotFoundError):
         return HttpError(404, str(exc), "invalid_request_error", grpc.StatusCode.NOT_FOUND,
                          param="model", code="model_not_found")

@@ -7,9 +7,15 @@ Every problem is a RequestValidationError whose fields are OpenAI parameter name
 reports into those names. Fields OpenAI clients send that cyserve does not implement yet are
 refused in one table, UNSUPPORTED_PARAMS, never silently ignored; unknown fields are ignored, as
 OpenAI-compatible servers do (SDKs add their own).
+
+Structured output: `response_format` (json_object, json_schema) and vLLM's `guided_json`,
+`guided_regex`, `guided_choice` and `guided_grammar` become SamplingParams.constraint; `tools` and
+`tool_choice` become GenerateRequest.tools and .tool_choice; messages carry `tool_calls`,
+`tool_call_id` and `name`.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,11 +29,8 @@ Kind = Literal["chat", "completion"]
 ROLE_ALIASES = {"developer": "system"}
 
 # Parameters that ask for something cyserve does not do yet, with the values that ask for
-# nothing (accepted). Structured output (response_format, tools) fills these in when it lands.
+# nothing (accepted).
 UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
-    "response_format": (None, {"type": "text"}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
     "suffix": (None, ""),
@@ -37,12 +40,8 @@ UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
     "prediction": (None,),
 }
 UNSUPPORTED_WHY = {
-    "response_format": "structured output (json_object, json_schema) is not supported yet; "
-                       "send response_format {\"type\": \"text\"} or leave it out",
-    "tools": "tool calling is not supported yet; leave tools out",
-    "tool_choice": "tool calling is not supported yet; leave tool_choice out or send \"none\"",
-    "functions": "function calling is not supported yet; leave functions out",
-    "function_call": "function calling is not supported yet; leave function_call out",
+    "functions": "the legacy function calling is not supported; send tools instead",
+    "function_call": "the legacy function calling is not supported; send tool_choice instead",
     "suffix": "is not supported; leave it out",
     "echo": "is not supported; leave it out or send false",
     "audio": "audio output is not supported",
@@ -63,6 +62,7 @@ class GenerationCall:
     include_usage: bool = False
     logprobs: bool = False  # chat: logprobs=true; completions: logprobs set
     max_tokens_param: str = "max_tokens"  # which name the caller used, for error messages
+    constraint_param: str = "response_format"  # likewise, of the constraint
     violations: list[FieldViolation] = field(default_factory=list)
 
     @property
@@ -85,6 +85,10 @@ def openai_param(proto_field: str, call: GenerationCall | None = None) -> str:
         return "top_logprobs" if call is not None and call.kind == "chat" else "logprobs"
     if name.startswith("prompt_token_ids"):
         return "prompt"
+    if name.startswith("constraint"):
+        return call.constraint_param if call is not None else "response_format"
+    if name.startswith("tool_choice"):
+        return "tool_choice"
     return {"include_stop": "include_stop_str_in_output"}.get(name, name)
 
 
@@ -100,6 +104,7 @@ def chat_call(body: Any) -> GenerationCall:
         for i, message in enumerate(messages):
             _add_message(p, request, i, message)
     _fill(p, call, request)
+    _fill_tools(p, request)
     if p.take("logprobs", bool):
         call.logprobs = True
         request.output.logprobs = p.take("top_logprobs", int, minimum=0) or 0
@@ -227,6 +232,7 @@ def _fill(p: _Params, call: GenerationCall, request: pb.GenerateRequest) -> None
     if seed is not None:
         s.seed = seed & SEED_MASK
     _fill_logit_bias(p, s)
+    _fill_constraint(p, call, s)
     for name in ("max_completion_tokens", "max_tokens"):
         value = p.take(name, int, minimum=1)
         if value is not None:
@@ -285,9 +291,81 @@ def _add_message(p: _Params, request: pb.GenerateRequest, i: int, message: Any) 
         return
     role = p.take("role", str, required=True, where=message, label=f"{where}.role") or ""
     content = _content_text(p, message.get("content"), f"{where}.content")
-    if message.get("tool_calls") and role == "assistant":
-        p.problem(f"{where}.tool_calls", "tool calling is not supported yet; send the assistant's text only")
-    request.messages.add(role=ROLE_ALIASES.get(role, role), content=content)
+    added = request.messages.add(role=ROLE_ALIASES.get(role, role), content=content)
+    added.tool_call_id = p.take("tool_call_id", str, where=message, label=f"{where}.tool_call_id") or ""
+    added.name = p.take("name", str, where=message, label=f"{where}.name") or ""
+    for j, call in enumerate(p.take("tool_calls", list, where=message, label=f"{where}.tool_calls") or []):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            p.problem(f"{where}.tool_calls[{j}]", "must be {\"id\", \"type\": \"function\", \"function\": "
+                                                  "{\"name\", \"arguments\"}}")
+            continue
+        arguments = function.get("arguments") or "{}"
+        added.tool_calls.add(id=str(call.get("id") or ""), name=function["name"],
+                             arguments_json=arguments if isinstance(arguments, str) else json.dumps(arguments))
+
+
+def _fill_constraint(p: _Params, call: GenerationCall, sampling: pb.SamplingParams) -> None:
+    """response_format, or one of vLLM's guided_* parameters, as sampling.constraint."""
+    given = [name for name in ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+             if p.body.get(name) is not None and p.body.get(name) != {"type": "text"}]
+    if len(given) > 1:
+        p.problem(given[1], f"set one of {' and '.join(given)}, not both")
+    if not given:
+        return
+    name = call.constraint_param = given[0]
+    value = p.body[name]
+    c = sampling.constraint
+    if name == "response_format":
+        kind = value.get("type") if isinstance(value, dict) else None
+        schema = (value.get("json_schema") or {}).get("schema") if isinstance(value, dict) else None
+        if kind == "json_object":
+            c.json_object = True
+        elif kind == "json_schema" and isinstance(schema, dict):
+            c.json_schema = json.dumps(schema)
+        else:
+            p.problem(name, 'must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                            '"json_schema": {"name": ..., "schema": {...}}}')
+    elif name == "guided_json":
+        if isinstance(value, (dict, str)):
+            c.json_schema = value if isinstance(value, str) else json.dumps(value)
+        else:
+            p.problem(name, "must be a JSON schema (an object or its JSON text)")
+    elif name == "guided_choice":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            c.choice.choices.extend(value)
+        else:
+            p.problem(name, "must be an array of strings")
+    else:
+        text = p.take(name, str)
+        if text is not None:
+            setattr(c, "regex" if name == "guided_regex" else "grammar", text)
+
+
+_TOOL_MODES = {"auto": pb.ToolChoice.MODE_AUTO, "none": pb.ToolChoice.MODE_NONE,
+               "required": pb.ToolChoice.MODE_REQUIRED}
+
+
+def _fill_tools(p: _Params, request: pb.GenerateRequest) -> None:
+    """tools ({"type": "function", "function": {name, description, parameters}}) and tool_choice."""
+    for i, tool in enumerate(p.take("tools", list) or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type", "function") != "function":
+            p.problem(f"tools[{i}]", 'must be {"type": "function", "function": {"name", "description", "parameters"}}')
+            continue
+        parameters = function.get("parameters")
+        request.tools.add(name=str(function.get("name") or ""), description=str(function.get("description") or ""),
+                          parameters_json=json.dumps(parameters) if isinstance(parameters, dict) else "")
+    choice = p.body.get("tool_choice")
+    if choice is None:
+        return
+    if isinstance(choice, str) and choice in _TOOL_MODES:
+        request.tool_choice.mode = _TOOL_MODES[choice]
+    elif isinstance(choice, dict) and isinstance((choice.get("function") or {}).get("name"), str):
+        request.tool_choice.mode = pb.ToolChoice.MODE_FUNCTION
+        request.tool_choice.function_name = choice["function"]["name"]
+    else:
+        p.problem("tool_choice", 'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}')
 
 
 def _content_text(p: _Params, content: Any, where: str) -> str:

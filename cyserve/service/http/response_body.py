@@ -27,6 +27,7 @@ FINISH_REASONS = {
     pb.FINISH_REASON_TIME_LIMIT: "length",
     pb.FINISH_REASON_CANCELLED: "abort",
     pb.FINISH_REASON_ERROR: "error",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 OBJECT_NAMES = {"chat": "chat.completion", "completion": "text_completion"}
 CHUNK_NAMES = {"chat": "chat.completion.chunk", "completion": "text_completion"}
@@ -121,6 +122,14 @@ class _Choice:
         self.chat_logprobs: list[dict[str, Any]] = []
         self.completion_logprobs = CompletionLogprobs(token_text)
         self.finish_reason: str | None = None
+        self.tool_calls: list[dict[str, Any]] = []
+
+
+def tool_call_objects(response: pb.GenerateResponse, with_index: bool = False) -> list[dict[str, Any]]:
+    """OpenAI's tool_calls entries of a message (with `index` in a stream's delta)."""
+    return [{**({"index": k} if with_index else {}), "id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments_json}}
+            for k, c in enumerate(response.tool_calls)]
 
 
 class Accumulator:
@@ -146,6 +155,7 @@ class Accumulator:
                 choice.completion_logprobs.add(response.logprobs)
         if response.finish_reason:
             choice.finish_reason = FINISH_REASONS.get(response.finish_reason, "stop")
+            choice.tool_calls = tool_call_objects(response)
         self.usage.add(response)
 
     def body(self) -> dict[str, Any]:
@@ -155,7 +165,10 @@ class Accumulator:
             text = "".join(c.texts)
             if self.call.kind == "chat":
                 logprobs = {"content": c.chat_logprobs} if self.call.logprobs else None
-                choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if c.tool_calls:  # the calls' markup is not content
+                    message = {"role": "assistant", "content": None, "tool_calls": c.tool_calls}
+                choices.append({"index": index, "message": message,
                                 "logprobs": logprobs, "finish_reason": c.finish_reason})
             else:
                 logprobs = c.completion_logprobs.body() if self.call.logprobs else None
@@ -203,7 +216,8 @@ class StreamChunks:
         if response.finish_reason:
             reason = FINISH_REASONS.get(response.finish_reason, "stop")
             if self.call.kind == "chat":
-                choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+                delta = {"tool_calls": tool_call_objects(response, True)} if response.tool_calls else {}
+                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
             else:
                 choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
             out.append(self._chunk([choice]))
