@@ -43,4 +43,4 @@ elif not os.path.isdir(os.path.join(SRC, "cyserve", "v1")):
              "client from a cyserve checkout or from its sdist")
 
 setup(packages=["cyserve.v1", "cyserve.client"], package_dir={"": "src"},
-      package_data={"cyserve.v1": ["*.pyi"]}, include_package_data=False)
+      package_data={"cyserve.v1": ["*.pyi"], "cyserve.client": ["py.typed"]}, include_package_data=False)

@@ -88,8 +88,11 @@ def _chat_message(message: Message) -> pb.ChatMessage:
 
 
 class Client:
-    """A connection to one server. `timeout` is each call's deadline in seconds (None = none),
-    retries included; a method's own `timeout` overrides it for that call."""
+    """A connection to one server. Connection arguments left None come from the client variables
+    (CYSERVE_ADDRESS, CYSERVE_TLS_CA, CYSERVE_CLIENT_CERT, CYSERVE_CLIENT_KEY, CYSERVE_TOKEN), then
+    the defaults; `options` instead takes them as given, the environment unread. `timeout` is each
+    call's deadline in seconds (None = none), retries included; a method's own `timeout`
+    overrides it for that call."""
 
     def __init__(self, address: str | None = None, *, tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, tls: bool = False, server_name: str | None = None,

@@ -69,9 +69,9 @@ def test_the_wheel_is_pure_python_with_the_servers_own_stubs(installed):
     assert "Tag: py3-none-any" in (info / "WHEEL").read_text()
     files = [line.split(",")[0] for line in (info / "RECORD").read_text().splitlines()]
     shipped = sorted(f for f in files if f.startswith("cyserve/") and "__pycache__" not in f)
-    assert all(f.endswith((".py", ".pyi")) for f in shipped), shipped
+    assert all(f.endswith((".py", ".pyi", "py.typed")) for f in shipped), shipped
     assert "cyserve/__init__.py" not in shipped, "the client must not own the server's package"
-    assert {"cyserve/client/client.py", "cyserve/v1/generation_pb2_grpc.py"} <= set(shipped)
+    assert {"cyserve/client/client.py", "cyserve/client/py.typed", "cyserve/v1/generation_pb2_grpc.py"} <= set(shipped)
     for name in ("generation_pb2.py", "generation_pb2_grpc.py", "generation_pb2.pyi"):
         assert (site / "cyserve" / "v1" / name).read_bytes() == (ROOT / "cyserve" / "v1" / name).read_bytes(), \
             f"cyserve/v1/{name} differs from the server's: both must come from protos/python_stubs.py"
