@@ -179,13 +179,14 @@ CYS_AVX2_INLINE void scales_avx2(const int wtype, const uint8_t *p, kq_scales_t 
     case CYS_TYPE_Q5_K: {
         /* 12 bytes as three words: scales 0..3 / mins 0..3 in the low 6 bits of words 0 / 1,
          * scales 4..7 / mins 4..7 from word 2's nibbles and the top 2 bits of words 0 / 1 */
-        uint32_t w[3], b[4];
+        uint32_t w[3];
         memcpy(w, p + offsetof(block_q4_K, scales), 12);
-        b[0] = w[0] & 0x3F3F3F3Fu;
-        b[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
-        b[2] = w[1] & 0x3F3F3F3Fu;
-        b[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
-        const __m128i v = _mm_loadu_si128((const __m128i *)b); /* 8 scales, then 8 mins, per 32 */
+        /* 8 scales, then 8 mins, per 32 (built in registers: a store then a wider load would
+         * stall store forwarding) */
+        const __m128i v = _mm_setr_epi32((int)(w[0] & 0x3F3F3F3Fu),
+                                         (int)((w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4)),
+                                         (int)(w[1] & 0x3F3F3F3Fu),
+                                         (int)(((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4)));
         _mm256_storeu_si256((__m256i *)s->sc, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v)));
         s->mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(v, v));
         s->d = _cvtsh_ss(cys_read_half(p + offsetof(block_q4_K, d)));
@@ -209,12 +210,12 @@ CYS_AVX2_INLINE void scales_avx2(const int wtype, const uint8_t *p, kq_scales_t 
         return;
     }
     default: { /* Q3_K: 16 6-bit scales (stored + 32), low nibbles in bytes 0..7, top 2 bits in 8..11 */
-        uint32_t w[3], b[4];
+        uint32_t w[3];
         memcpy(w, p + offsetof(block_q3_K, scales), 12);
-        for (int q = 0; q < 4; q++) /* scales 4q .. 4q+3 */
-            b[q] = ((w[q & 1] >> (4 * (q >> 1))) & 0x0F0F0F0Fu) | (((w[2] >> (2 * q)) & 0x03030303u) << 4);
-        const __m256i sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)b)),
-                                            _mm256_set1_epi16(32));
+#define Q3_SCALES4(q) (int)(((w[(q) & 1] >> (4 * ((q) >> 1))) & 0x0F0F0F0Fu) | (((w[2] >> (2 * (q))) & 0x03030303u) << 4))
+        const __m128i v = _mm_setr_epi32(Q3_SCALES4(0), Q3_SCALES4(1), Q3_SCALES4(2), Q3_SCALES4(3)); /* 4q .. 4q+3 */
+#undef Q3_SCALES4
+        const __m256i sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32));
         _mm256_storeu_si256((__m256i *)s->sc, sc);
         s->mn = _mm256_slli_epi16(sc, 2); /* 4 sc */
         s->d = s->dm = _cvtsh_ss(cys_read_half(p + offsetof(block_q3_K, d)));
