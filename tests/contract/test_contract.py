@@ -66,8 +66,8 @@ def test_every_generator_has_its_file_options():
 
 
 def test_adding_a_field_is_allowed(buf, tmp_path):
-    module = _module_copy(tmp_path, lambda t: t.replace("  // 3-9: reserved (speaker name",
-                                                        "  string name = 3;\n\n  // 4-9: reserved (speaker name"))
+    module = _module_copy(tmp_path, lambda t: t.replace("  // 6-9: reserved (multi-part content).",
+                                                        "  string refusal = 6;\n\n  // 7-9: reserved (multi-part content)."))
     done = _run(buf, "breaking", "--against", str(RELEASED[-1]), cwd=module)
     assert done.returncode == 0, done.stdout + done.stderr
 
