@@ -2,18 +2,13 @@
 cimport cython
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
-
-cdef struct AddedSlot:
-    uint64_t hash
-    uint32_t off          # token bytes in AddedTokens._text
-    uint32_t len          # 0 = free slot
-    int32_t id
+from cyserve.fastpath.tokenizer.byte_table cimport ByteSlot
 
 
 @cython.final
 cdef class AddedTokens:
     cdef readonly Py_ssize_t count
-    cdef AddedSlot* _slots        # token bytes -> id, open addressing
+    cdef ByteSlot* _slots        # token bytes -> id, open addressing
     cdef uint64_t _slot_mask
     cdef uint8_t* _text
     cdef uint32_t _len_off[257]   # the lengths of tokens starting with byte b: _lens[_len_off[b]:_len_off[b + 1]]

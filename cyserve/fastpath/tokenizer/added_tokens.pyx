@@ -10,16 +10,10 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 
+from cyserve.fastpath.tokenizer.byte_table cimport byte_table_find, hash_bytes
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
-
-
-cdef inline uint64_t _hash_bytes(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL       # FNV-1a
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * 1099511628211ULL
-    return h ^ (h >> 29)
 
 
 cdef class AddedTokens:
@@ -43,7 +37,7 @@ cdef class AddedTokens:
         for data in encoded:
             lengths[data[0]].add(len(data))
         self.count = len(encoded)
-        self._slots = <AddedSlot*>malloc(cap * sizeof(AddedSlot))
+        self._slots = <ByteSlot*>malloc(cap * sizeof(ByteSlot))
         self._text = <uint8_t*>malloc(total + 1)
         self._lens = <uint32_t*>malloc((sum(len(s) for s in lengths) + 1) * sizeof(uint32_t))
         if self._slots == NULL or self._text == NULL or self._lens == NULL:
@@ -53,7 +47,7 @@ cdef class AddedTokens:
             self._slots[idx].len = 0
         total = 0
         for data, token_id in encoded.items():
-            h = _hash_bytes(<const uint8_t*>data, len(data))
+            h = hash_bytes(<const uint8_t*>data, len(data))
             idx = h & self._slot_mask
             while self._slots[idx].len:
                 idx = (idx + 1) & self._slot_mask
@@ -74,14 +68,7 @@ cdef class AddedTokens:
         free(self._lens)
 
     cdef int32_t _lookup(self, const uint8_t* p, Py_ssize_t n) noexcept nogil:
-        cdef uint64_t h = _hash_bytes(p, n)
-        cdef uint64_t idx = h & self._slot_mask
-        while self._slots[idx].len:
-            if (self._slots[idx].hash == h and self._slots[idx].len == n
-                    and memcmp(self._text + self._slots[idx].off, p, n) == 0):
-                return self._slots[idx].id
-            idx = (idx + 1) & self._slot_mask
-        return -1
+        return byte_table_find(self._slots, self._slot_mask, self._text, p, n)
 
     cdef Py_ssize_t find(self, const uint8_t* s, Py_ssize_t n, Py_ssize_t pos,
                          Py_ssize_t* end, int32_t* token_id) noexcept nogil:

@@ -2,21 +2,16 @@
 cimport cython
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 
+from cyserve.fastpath.tokenizer.byte_table cimport ByteSlot
+
 from cyserve.fastpath.tokenizer.idvec cimport IdVec
-
-
-cdef struct PieceSlot:
-    uint64_t hash
-    uint32_t off          # piece bytes in SpmModel._text
-    uint32_t len          # 0 = free slot
-    int32_t id
 
 
 @cython.final
 cdef class SpmModel:
     cdef int32_t _vocab_size
     cdef int32_t* _rank           # [vocab] merge priority of a token: lower merges first
-    cdef PieceSlot* _slots        # piece bytes (spelled with U+2581) -> id, open addressing
+    cdef ByteSlot* _slots        # piece bytes (spelled with U+2581) -> id, open addressing
     cdef uint64_t _slot_mask
     cdef uint8_t* _text
     cdef int32_t _byte_ids[256]   # byte -> id of <0xXX>, or -1

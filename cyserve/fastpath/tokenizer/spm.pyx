@@ -13,6 +13,8 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
+from cyserve.fastpath.tokenizer.byte_table cimport byte_table_find, hash_bytes
+from cyserve.fastpath.tokenizer.merge_heap cimport heap_pop, heap_push
 from cyserve.fastpath.tokenizer.idvec cimport IdVec, idvec_push
 
 cdef extern from "Python.h":
@@ -23,51 +25,11 @@ cdef enum:
     MAX_LEFT_CHARS = 255
 
 
-cdef inline uint64_t _hash_bytes(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL       # FNV-1a
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * 1099511628211ULL
-    return h ^ (h >> 29)
-
-
 cdef inline uint64_t _pair_key(int32_t rank, uint32_t left_chars, int32_t k) noexcept nogil:
     """Heap order: lower rank, then the longer left part, then the leftmost pair."""
     if left_chars > MAX_LEFT_CHARS:
         left_chars = MAX_LEFT_CHARS
     return ((<uint64_t>rank) << 40) | ((<uint64_t>(MAX_LEFT_CHARS - left_chars)) << 32) | <uint32_t>k
-
-
-cdef inline void _heap_push(uint64_t* heap, Py_ssize_t* size, uint64_t item) noexcept nogil:
-    cdef Py_ssize_t i = size[0], parent
-    size[0] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if heap[parent] <= item:
-            break
-        heap[i] = heap[parent]
-        i = parent
-    heap[i] = item
-
-
-cdef inline uint64_t _heap_pop(uint64_t* heap, Py_ssize_t* size) noexcept nogil:
-    cdef uint64_t top = heap[0], last
-    cdef Py_ssize_t n, i = 0, child
-    size[0] -= 1
-    n = size[0]
-    last = heap[n]
-    while True:
-        child = 2 * i + 1
-        if child >= n:
-            break
-        if child + 1 < n and heap[child + 1] < heap[child]:
-            child += 1
-        if heap[child] >= last:
-            break
-        heap[i] = heap[child]
-        i = child
-    heap[i] = last
-    return top
 
 
 cdef inline int _grow(void** slot, size_t num_bytes) noexcept nogil:
@@ -111,7 +73,7 @@ cdef class SpmModel:
             cap *= 2
         self._vocab_size = <int32_t>V
         self._rank = <int32_t*>malloc(V * sizeof(int32_t))
-        self._slots = <PieceSlot*>malloc(cap * sizeof(PieceSlot))
+        self._slots = <ByteSlot*>malloc(cap * sizeof(ByteSlot))
         self._text = <uint8_t*>malloc(total + 1)
         if self._rank == NULL or self._slots == NULL or self._text == NULL:
             raise MemoryError()
@@ -126,7 +88,7 @@ cdef class SpmModel:
             data = encoded[i]
             if data is None or len(data) == 0:
                 continue
-            h = _hash_bytes(<const uint8_t*>data, len(data))
+            h = hash_bytes(<const uint8_t*>data, len(data))
             idx = h & self._slot_mask
             while self._slots[idx].len:
                 if (self._slots[idx].hash == h and self._slots[idx].len == len(data)
@@ -160,14 +122,7 @@ cdef class SpmModel:
         free(self._heap)
 
     cdef int32_t _lookup(self, const uint8_t* p, Py_ssize_t n) noexcept nogil:
-        cdef uint64_t h = _hash_bytes(p, n)
-        cdef uint64_t idx = h & self._slot_mask
-        while self._slots[idx].len:
-            if (self._slots[idx].hash == h and self._slots[idx].len == n
-                    and memcmp(self._text + self._slots[idx].off, p, n) == 0):
-                return self._slots[idx].id
-            idx = (idx + 1) & self._slot_mask
-        return -1
+        return byte_table_find(self._slots, self._slot_mask, self._text, p, n)
 
     cdef int _reserve(self, Py_ssize_t num_bytes) noexcept nogil:
         """Scratch for an escaped text of num_bytes (at most as many symbols)."""
@@ -200,7 +155,7 @@ cdef class SpmModel:
             return
         t = self._lookup(self._buf + self._sym_off[k], self._sym_len[k] + self._sym_len[r])
         if t >= 0:
-            _heap_push(self._heap, heap_size, _pair_key(self._rank[t], self._sym_chars[k], k))
+            heap_push(self._heap, heap_size, _pair_key(self._rank[t], self._sym_chars[k], k))
 
     cdef int encode(self, const uint8_t* s, Py_ssize_t n, bint prefix, IdVec* out) noexcept nogil:
         cdef Py_ssize_t i, L = 0, heap_size = 0, m = 0
@@ -236,7 +191,7 @@ cdef class SpmModel:
         for k in range(m - 1):
             self._push_pair(k, &heap_size)
         while heap_size:
-            top = _heap_pop(self._heap, &heap_size)
+            top = heap_pop(self._heap, &heap_size)
             k = <int32_t><uint32_t>top
             r = self._sym_next[k]
             if self._sym_len[k] == 0 or r < 0 or self._sym_id[k] < 0 or self._sym_id[r] < 0:

@@ -19,6 +19,8 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
+from cyserve.fastpath.tokenizer.byte_table cimport hash_bytes
+from cyserve.fastpath.tokenizer.merge_heap cimport heap_pop, heap_push
 from cyserve.fastpath.tokenizer.added_tokens cimport AddedTokens
 from cyserve.fastpath.tokenizer.idvec cimport idvec_push
 from cyserve.fastpath.tokenizer.pretokenizer cimport next_word, pre_kind_of
@@ -71,46 +73,6 @@ cdef inline const MergeSlot* _find_merge(const MergeSlot* table, uint64_t mask, 
         if table[idx].key == MERGE_EMPTY:
             return NULL
         idx = (idx + 1) & mask
-
-
-cdef inline uint64_t _hash_bytes(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 1469598103934665603ULL       # FNV-1a
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * 1099511628211ULL
-    return h ^ (h >> 32)
-
-
-cdef inline void _heap_push(uint64_t* heap, Py_ssize_t* size, uint64_t item) noexcept nogil:
-    cdef Py_ssize_t i = size[0], parent
-    size[0] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if heap[parent] <= item:
-            break
-        heap[i] = heap[parent]
-        i = parent
-    heap[i] = item
-
-
-cdef inline uint64_t _heap_pop(uint64_t* heap, Py_ssize_t* size) noexcept nogil:
-    cdef uint64_t top = heap[0], last
-    cdef Py_ssize_t n, i = 0, child
-    size[0] -= 1
-    n = size[0]
-    last = heap[n]
-    while True:
-        child = 2 * i + 1
-        if child >= n:
-            break
-        if child + 1 < n and heap[child + 1] < heap[child]:
-            child += 1
-        if heap[child] >= last:
-            break
-        heap[i] = heap[child]
-        i = child
-    heap[i] = last
-    return top
 
 
 cdef inline Py_ssize_t _utf8_complete_prefix(const uint8_t* b, Py_ssize_t n) noexcept nogil:
@@ -381,7 +343,7 @@ cdef class Tokenizer:
         if n == 1:
             return idvec_push(out, self._byte_ids[word[0]]) if self._byte_ids[word[0]] >= 0 else 0
         if n <= CACHE_MAX_WORD:
-            h = _hash_bytes(word, n)
+            h = hash_bytes(word, n)
             idx = h & (CACHE_SLOTS - 1)
             while self._cache[idx].key_len:
                 slot = &self._cache[idx]
@@ -408,9 +370,9 @@ cdef class Tokenizer:
         for t in range(m - 1):
             merge = _find_merge(self._merges, self._merge_mask, self._merge_shift, ids[t], ids[t + 1])
             if merge != NULL:
-                _heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>t)
+                heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>t)
         while heap_size:
-            top = _heap_pop(self._heap, &heap_size)
+            top = heap_pop(self._heap, &heap_size)
             rank = <int32_t>(top >> 32)
             t = <Py_ssize_t><uint32_t>top
             u = nxt[t]
@@ -427,11 +389,11 @@ cdef class Tokenizer:
             if prv[t] >= 0:
                 merge = _find_merge(self._merges, self._merge_mask, self._merge_shift, ids[prv[t]], ids[t])
                 if merge != NULL:
-                    _heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>prv[t])
+                    heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>prv[t])
             if nxt[t] >= 0:
                 merge = _find_merge(self._merges, self._merge_mask, self._merge_shift, ids[t], ids[nxt[t]])
                 if merge != NULL:
-                    _heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>t)
+                    heap_push(self._heap, &heap_size, (<uint64_t>merge.rank << 32) | <uint64_t>t)
         t = 0
         while t >= 0:
             if idvec_push(out, ids[t]):
