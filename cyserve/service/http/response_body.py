@@ -132,8 +132,8 @@ def tool_call_objects(response: pb.GenerateResponse, with_index: bool = False) -
             for k, c in enumerate(response.tool_calls)]
 
 
-class Accumulator:
-    """A whole (non-streaming) response, from every message of a call."""
+class _CallResponse:
+    """What every response body of one call shares: its id, creation time, model and usage."""
 
     def __init__(self, call: GenerationCall, model: str, token_text: TokenText) -> None:
         self.call = call
@@ -142,6 +142,13 @@ class Accumulator:
         self.created = int(time.time())
         self.usage = Usage()
         self._token_text = token_text
+
+
+class Accumulator(_CallResponse):
+    """A whole (non-streaming) response, from every message of a call."""
+
+    def __init__(self, call: GenerationCall, model: str, token_text: TokenText) -> None:
+        super().__init__(call, model, token_text)
         self._choices: dict[int, _Choice] = {}
 
     def add(self, response: pb.GenerateResponse) -> None:
@@ -179,16 +186,8 @@ class Accumulator:
                 "usage": self.usage.body()}
 
 
-class StreamChunks:
+class StreamChunks(_CallResponse):
     """The server-sent events of a streamed call, message by message."""
-
-    def __init__(self, call: GenerationCall, model: str, token_text: TokenText) -> None:
-        self.call = call
-        self.model = model
-        self.id = new_id(call.kind)
-        self.created = int(time.time())
-        self.usage = Usage()
-        self._token_text = token_text
 
     def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
         payload: dict[str, Any] = {"id": self.id, "object": CHUNK_NAMES[self.call.kind],
