@@ -38,11 +38,11 @@ def run_cli(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedPro
 class ServeProcess:
     """`cyserve serve --port 0` in a subprocess; its JSON log lines are collected as they come."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [*cyserve_command(), "serve", "--port", "0", "--grace", "2", "--kv-cache-bytes", "64MiB",
              "--metrics-port", "0", *args],  # metrics off: servers here run side by side
-            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO, env=clean_env(**(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, encoding="utf-8",
         )
         self.lines: list[str] = []

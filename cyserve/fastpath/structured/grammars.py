@@ -31,9 +31,15 @@ class StructuredOutputUnavailableError(CyserveError):
     """This server cannot constrain output: the grammar library is not installed."""
 
 
+# Why importing the library failed, once it has: an install whose import raises (a missing or
+# mismatched dependency) is found by find_spec but is as unavailable as no install at all.
+_import_error: str | None = None
+
+
 def available() -> bool:
-    """Whether the grammar library is installed (checked without importing it)."""
-    return importlib.util.find_spec("xgrammar") is not None
+    """Whether the grammar library is installed (checked without importing it) and has not
+    failed to import."""
+    return _import_error is None and importlib.util.find_spec("xgrammar") is not None
 
 
 def supported_kinds() -> tuple[str, ...]:
@@ -41,12 +47,20 @@ def supported_kinds() -> tuple[str, ...]:
 
 
 def _xgrammar() -> Any:
+    global _import_error
     if not available():
-        raise StructuredOutputUnavailableError(
-            f"this server has no structured-output support: install it with `{INSTALL_HINT}`")
-    import xgrammar
-
+        raise StructuredOutputUnavailableError(_unavailable_message())
+    try:
+        import xgrammar
+    except ImportError as exc:
+        _import_error = _first_line(exc)
+        raise StructuredOutputUnavailableError(_unavailable_message()) from exc
     return xgrammar
+
+
+def _unavailable_message() -> str:
+    reason = f" (importing xgrammar failed: {_import_error})" if _import_error else ""
+    return f"this server has no structured-output support{reason}: install it with `{INSTALL_HINT}`"
 
 
 class CompiledConstraint:
