@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -127,12 +128,23 @@ def cyserve_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "cyserve.service.cli"]
 
 
+CHECKOUT = Path(__file__).parents[1]
+
+
+def checkout_pythonpath() -> str:
+    """PYTHONPATH with this checkout first: a server subprocess runs the code under test even
+    where the console script belongs to an install of another copy."""
+    return os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without CYSERVE_* settings (so a developer's own do not leak
-    into the servers tests start), plus `extra`; UTF-8 output whatever the locale. The HTTP port
-    is off unless `extra` turns it on: servers here run side by side, and 8000 is one port."""
+    into the servers tests start), this checkout first on PYTHONPATH, plus `extra`; UTF-8 output
+    whatever the locale. The HTTP port is off unless `extra` turns it on: servers here run side
+    by side, and 8000 is one port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYSERVE_")}
     env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONPATH"] = checkout_pythonpath()
     env["CYSERVE_HTTP_PORT"] = "0"
     env.update(extra)
     return env

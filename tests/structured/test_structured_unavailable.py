@@ -16,7 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from service.test_cli import REPO, ServeProcess
+from server_support import checkout_pythonpath
+from service.test_cli import ServeProcess
 
 from cyserve.v1 import generation_pb2 as pb
 from cyserve.v1 import generation_pb2_grpc as pb_grpc
@@ -35,10 +36,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     name, source = SHADOWS[request.param]
     (shadow / name).parent.mkdir(parents=True, exist_ok=True)
     (shadow / name).write_text(source)
-    # This checkout next, so that the server runs the code under test even where the console
-    # script belongs to an install of another copy.
-    path = os.pathsep.join(p for p in (str(shadow), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    server = ServeProcess(env={"PYTHONPATH": path})
+    server = ServeProcess(env={"PYTHONPATH": os.pathsep.join((str(shadow), checkout_pythonpath()))})
     try:
         yield server
     finally:
