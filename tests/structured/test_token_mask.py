@@ -136,3 +136,79 @@ def test_compiled_grammars_are_cached(grammars):
     assert grammars.num_compiled == before + 1
     assert a._compiled is b._compiled
     assert a.new_matcher() is not b.new_matcher()
+
+
+def _seeded_sequence(index: int, prompt: list[int], params: SamplingParams, constraint: Constraint | None,
+                     grammars) -> Sequence:
+    from cyserve.fastpath.model.cpu_sampler import seed_state
+
+    req = EngineRequest(f"r{index}", prompt, params, StoppingParams(max_tokens=48), constraint=constraint)
+    seq = Sequence(req, index, list(prompt), len(prompt), len(prompt) + 48, rng_state=seed_state(500 + index))
+    if constraint is not None:
+        seq.matcher = grammars.compile(constraint).new_matcher()
+    return seq
+
+
+MIXED_BATCH = [  # (sampling, constraint): constrained and free rows, greedy and sampled, interleaved
+    (SamplingParams(temperature=0.0), Constraint("json_schema", SCHEMA)),
+    (SamplingParams(temperature=1.0, top_p=0.9), None),
+    (SamplingParams(temperature=0.8, top_k=20), Constraint("regex", r"ab?[0-9]{2,3}")),
+    (SamplingParams(temperature=0.0), None),
+    (SamplingParams(temperature=1.2, min_p=0.02), Constraint("choice", ("red", "green", "blue"))),
+]
+
+
+def test_device_sampler_masks_match_the_cpu_sampler_and_xgrammar(grammars, vocab_size, eos_ids):
+    """A mixed batch stepped through the device sampler (torch, float64 on the CPU device) and the
+    CPU sampler side by side: each constrained row keeps exactly the set xgrammar's own matcher
+    allows, the free rows are untouched, and both samplers pick the same token for every row."""
+    torch = pytest.importorskip("torch")
+    import xgrammar as xgr
+
+    from cyserve.fastpath.model.device_sampler import DeviceSampler, _masked
+
+    def build() -> list[Sequence]:
+        return [_seeded_sequence(i, [1, 2, 3 + i], params, constraint, grammars)
+                for i, (params, constraint) in enumerate(MIXED_BATCH)]
+
+    device_seqs, host_seqs = build(), build()
+    oracles = {i: xgr.GrammarMatcher(grammars.compile(c)._compiled) for i, (_, c) in enumerate(MIXED_BATCH)
+               if c is not None}
+    sampler = DeviceSampler("cpu", torch.float64)
+    rng = np.random.default_rng(3)
+    live = list(range(len(MIXED_BATCH)))
+    for _ in range(40):
+        if not any(i in oracles for i in live):
+            break
+        dev_batch, host_batch = [device_seqs[i] for i in live], [host_seqs[i] for i in live]
+        masks = token_masks(dev_batch, vocab_size)
+        host_masks = token_masks(host_batch, vocab_size)
+        logits = (rng.standard_normal((len(live), vocab_size)) * 4).astype(np.float32)
+
+        masked = _masked(torch.from_numpy(logits.copy()), masks).numpy()
+        for row, i in enumerate(live):
+            if i in oracles:
+                expected = xgr.allocate_token_bitmask(1, vocab_size)
+                oracles[i].fill_next_token_bitmask(expected, 0)
+                np.testing.assert_array_equal(np.flatnonzero(np.isfinite(masked[row])),
+                                              allowed_tokens(expected.numpy()[0], vocab_size))
+            else:
+                np.testing.assert_array_equal(masked[row], logits[row])
+
+        got = sampler.sample(torch.from_numpy(logits.copy()), dev_batch, eos_ids, None, masks)
+        want = sample(logits, host_batch, eos_ids, None, host_masks)
+        assert got == want
+        assert [s.rng_state for s in dev_batch] == [s.rng_state for s in host_batch]
+        finished = []
+        for row, i in enumerate(live):
+            token = got[row]
+            if i in oracles:
+                if token in eos_ids:
+                    assert oracles[i].is_completed()
+                    finished.append(i)
+                    continue
+                assert oracles[i].accept_token(token)
+            device_seqs[i].token_ids.append(token)
+            host_seqs[i].token_ids.append(token)
+        live = [i for i in live if i not in finished]
+    assert not any(i in oracles for i in live), "a constrained row never finished"
