@@ -3,10 +3,11 @@
 One [N, K] weight per format (random, quantized by the reference quantizers), x f32[T, K], the
 time of quant_matmul.matmul (activation quantization included) as the best of `--rounds` rounds
 of repeats lasting at least `--min-time` seconds each; GFLOP/s = 2 T N K / time. The K-quants sit
-beside the 32-element formats, Q4_0 and Q8_0 the baselines. `--scalar` adds the scalar twin's
-figures (the run-time fallback without AVX2).
+beside the 32-element formats. Every SIMD instruction set this CPU has is timed side by side
+(or those `--isas` names), each quoted as a ratio to the first (avx2); `--scalar` adds the scalar
+twin's figures (the run-time fallback without AVX2).
 
-    python bench/bench_kquants.py --threads 2 [--n 4096 --k 4096] [--rounds 3] [--scalar]
+    python bench/bench_kquants.py --threads 2 [--n 4096 --k 4096] [--rounds 3] [--isas avx2,avx512_vnni] [--scalar]
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from cyserve.kernels import reference as R
 from cyserve.kernels.cpu import quant_matmul as qm
 from cyserve.kernels.cpu import threads
 
-FORMATS = [("Q4_0", R.Q4_0), ("Q8_0", R.Q8_0), ("Q5_0", R.Q5_0), ("Q5_1", R.Q5_1),
+FORMATS = [("Q4_0", R.Q4_0), ("Q4_1", R.Q4_1), ("Q8_0", R.Q8_0), ("Q5_0", R.Q5_0), ("Q5_1", R.Q5_1),
            ("Q2_K", R.Q2_K), ("Q3_K", R.Q3_K), ("Q4_K", R.Q4_K), ("Q5_K", R.Q5_K), ("Q6_K", R.Q6_K)]
 
 
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per round")
     ap.add_argument("--scalar", action="store_true", help="also time the scalar twin")
+    ap.add_argument("--isas", default="", help="comma-separated instruction sets (default: every "
+                                               "SIMD one this CPU has)")
     args = ap.parse_args()
     if args.k % 256:
         ap.error("--k must be a multiple of 256 (the K-quant super-block)")
@@ -56,23 +59,29 @@ def main() -> None:
     rng = np.random.default_rng(0)
     W = rng.standard_normal((args.n, args.k)).astype(np.float32)
     xs = {T: rng.standard_normal((T, args.k)).astype(np.float32) for T in Ts}
-    modes = [("AVX2", True)] if threads.simd_supported() else []
+    modes = [name for name in threads.supported_isas() if name != "scalar"]
+    if args.isas:
+        modes = [name.strip() for name in args.isas.split(",")]
     if args.scalar or not modes:
-        modes.append(("scalar", False))
+        modes.append("scalar")
     print(f"quant_matmul GFLOP/s, N={args.n} K={args.k}, {args.threads} threads, best of {args.rounds}")
-    head = "".join(f"{f'{m} T={T}':>14}" for m, _ in modes for T in Ts)
+    print(f"instruction sets: {', '.join(modes)} (best here: {threads.best_isa()})")
+    head = "".join(f"{f'{m} T={T}':>18}" for m in modes for T in Ts)
     print(f"{'format':<8}{'bits/w':>8}{head}")
     for name, wtype in FORMATS:
         w = R.quantize(W, wtype)
         bits = 8 * w.shape[1] / args.k
-        cells = []
-        for _, enabled in modes:
-            threads.set_simd(enabled)
+        cells, rates = [], {}
+        for isa in modes:
+            threads.set_isa(isa)
             for T in Ts:
                 s = seconds_per_call(xs[T], w, wtype, args.rounds, args.min_time)
-                cells.append(f"{2 * T * args.n * args.k / s / 1e9:>14.1f}")
-        threads.set_simd(True)
+                rates[isa, T] = 2 * T * args.n * args.k / s / 1e9
+                ratio = f" ({rates[isa, T] / rates[modes[0], T]:.2f}x)" if isa != modes[0] else ""
+                cells.append(f"{rates[isa, T]:>9.1f}{ratio:>9}")
+        threads.set_isa("auto")
         print(f"{name:<8}{bits:>8.2f}{''.join(cells)}", flush=True)
+    print(f"ratios are against {modes[0]}, the same T")
 
 
 if __name__ == "__main__":

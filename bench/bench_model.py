@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--no-llama", action="store_true", help="ours only")
     ap.add_argument("--engine", action="store_true", help="also decode through the serving engine")
     ap.add_argument("--accuracy", action="store_true", help="also top-1 agreement vs transformers")
+    ap.add_argument("--isas", default="", help="comma-separated instruction sets to time ours under, "
+                                               "side by side (default: the one CYSERVE_ISA or the CPU picks)")
     args = ap.parse_args()
 
     threads.set_num_threads(args.threads)
@@ -200,32 +202,46 @@ def main() -> None:
     batch_prompts = [prompt_tokens(64, 1 + i, vocab) for i in range(args.batch)]
     best = Best()
     ours.prefill(prompt[:32])  # warm: page in the weights, start the OpenMP pool
+    isas = [name.strip() for name in args.isas.split(",") if name.strip()] or [threads.get_isa()]
     for r in range(args.rounds):
-        t0 = time.perf_counter(); ours.prefill(prompt); best.add("cyserve prefill", len(prompt), time.perf_counter() - t0)
+        for isa in isas:
+            threads.set_isa(isa)
+            tag = f" [{isa}]" if len(isas) > 1 else ""
+            t0 = time.perf_counter(); ours.prefill(prompt)
+            best.add(f"cyserve prefill{tag}", len(prompt), time.perf_counter() - t0)
+            best.add(f"cyserve decode x1{tag}", args.decode_len, ours.decode([prompt], args.decode_len))
+            best.add(f"cyserve decode x{args.batch}{tag}", args.batch * args.decode_len,
+                     ours.decode(batch_prompts, args.decode_len))
+        threads.set_isa(isas[-1])
         if llama:
             best.add("llama.cpp prefill", len(prompt), llama.prefill(prompt))
-        best.add("cyserve decode x1", args.decode_len, ours.decode([prompt], args.decode_len))
-        if llama:
             best.add("llama.cpp decode x1", args.decode_len, llama.decode(prompt, args.decode_len))
-        best.add(f"cyserve decode x{args.batch}", args.batch * args.decode_len,
-                 ours.decode(batch_prompts, args.decode_len))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     if args.engine:
         engine_decode(args.model, args, 1, best)
         engine_decode(args.model, args, args.batch, best)
 
     print(f"\n{os.path.basename(args.model)}, {args.threads} threads, best of {args.rounds} rounds "
-          f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'measurement':28s} {'tok/s':>9}")
+          f"(load average {os.getloadavg()[0]:.2f}; instruction sets {', '.join(isas)} of "
+          f"{', '.join(threads.supported_isas())})")
+    print(f"{'measurement':36s} {'tok/s':>9}")
     for name, rate in best.rates.items():
-        print(f"{name:28s} {rate:9.1f}")
+        print(f"{name:36s} {rate:9.1f}")
     rates = best.rates
     print("\nratios")
-    if llama:
-        print(f"  prefill  cyserve / llama.cpp        {rates['cyserve prefill'] / rates['llama.cpp prefill']:.2f}x (target >= 1.0)")
-        print(f"  decode   cyserve / llama.cpp        {rates['cyserve decode x1'] / rates['llama.cpp decode x1']:.2f}x (target >= 1.0)")
-    print(f"  batched  x{args.batch} / x1 (cyserve)        "
-          f"{rates[f'cyserve decode x{args.batch}'] / rates['cyserve decode x1']:.2f}x (target >= 3.0)")
+    for isa in isas:
+        tag = f" [{isa}]" if len(isas) > 1 else ""
+        if llama:
+            print(f"  prefill{tag}  cyserve / llama.cpp   "
+                  f"{rates[f'cyserve prefill{tag}'] / rates['llama.cpp prefill']:.2f}x (target >= 1.0)")
+            print(f"  decode{tag}   cyserve / llama.cpp   "
+                  f"{rates[f'cyserve decode x1{tag}'] / rates['llama.cpp decode x1']:.2f}x (target >= 1.0)")
+        print(f"  batched{tag}  x{args.batch} / x1 (cyserve)   "
+              f"{rates[f'cyserve decode x{args.batch}{tag}'] / rates[f'cyserve decode x1{tag}']:.2f}x (target >= 3.0)")
+    if len(isas) > 1:
+        for what in ("prefill", "decode x1", f"decode x{args.batch}"):
+            print(f"  {what:12s} {isas[-1]} / {isas[0]}   "
+                  f"{rates[f'cyserve {what} [{isas[-1]}]'] / rates[f'cyserve {what} [{isas[0]}]']:.2f}x")
     if args.engine:
         print(f"  engine   x{args.batch} / x1                  "
               f"{rates[f'engine decode x{args.batch}'] / rates['engine decode x1']:.2f}x")

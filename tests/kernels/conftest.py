@@ -1,19 +1,18 @@
-"""Fixtures for the kernel parity tests: every kernel runs in SIMD and in scalar mode."""
+"""Fixtures for the kernel parity tests: every kernel runs on every instruction set this CPU has
+(scalar always, then avx2, avx_vnni, avx512_vnni where present)."""
 import pytest
 
 from cyserve.kernels.cpu import threads
 
 
-@pytest.fixture(params=["simd", "scalar"])
+@pytest.fixture(params=threads.supported_isas())
 def simd(request):
-    """Run the test once on the AVX2 path and once on the scalar twin; restore afterwards."""
-    enabled = request.param == "simd"
-    if enabled and not threads.simd_supported():
-        pytest.skip("CPU lacks AVX2+FMA+F16C")
-    threads.set_simd(enabled)
-    assert threads.simd_enabled() == enabled
-    yield enabled
-    threads.set_simd(True)  # the default
+    """Run the test once per instruction set of this CPU (the scalar twin included); yields
+    whether it is a SIMD one, and restores the default afterwards."""
+    threads.set_isa(request.param)
+    assert threads.get_isa() == request.param
+    yield request.param != "scalar"
+    threads.set_isa("auto")
 
 
 @pytest.fixture

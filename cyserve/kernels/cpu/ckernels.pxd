@@ -24,6 +24,15 @@ cdef extern from "cys_kernels.h" nogil:
         CYS_ERR_SHAPE
         CYS_ERR_NOMEM
 
+    enum:
+        CYS_ISA_SCALAR
+        CYS_ISA_AVX2
+        CYS_ISA_AVX_VNNI
+        CYS_ISA_AVX512_VNNI
+
+    int cys_cpu_isa()
+    int cys_cpu_supports_isa(int isa)
+    int cys_effective_isa(int requested)
     int cys_cpu_has_avx2()
     int64_t cys_block_elems(int wtype)
     int64_t cys_row_bytes(int wtype, int64_t K)

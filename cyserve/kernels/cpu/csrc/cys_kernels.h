@@ -5,8 +5,11 @@
  *    them and never allocates more than per-thread scratch;
  *  - `nthreads` is passed explicitly (OpenMP's own setting is per calling thread, so a global
  *    omp_set_num_threads from the main thread would not reach the engine thread);
- *  - `simd` != 0 asks for the AVX2+FMA+F16C path; it is taken only when the CPU has it
- *    (cys_cpu_has_avx2), otherwise the scalar twin runs. simd = 0 forces the scalar twin.
+ *  - `simd` is the instruction set asked for (CYS_ISA_*): 0 forces the scalar twin; a level the
+ *    CPU lacks falls back to the best one it has (cys_cpu_isa). The integer dot products of the
+ *    quantized formats are exact on every level and the float accumulation order is the same, so
+ *    a row's output has the same bits on AVX-512 VNNI, AVX-VNNI and AVX2; the elementwise kernels
+ *    have an AVX2 path and a scalar twin.
  */
 #ifndef CYS_KERNELS_H
 #define CYS_KERNELS_H
@@ -38,7 +41,24 @@ enum {
     CYS_ERR_NOMEM = -3,  /* scratch allocation failed */
 };
 
-/* 1 when AVX2, FMA and F16C are usable (CPU and OS); checked once, then cached. */
+/* Instruction-set levels, each a superset of the one before. */
+enum {
+    CYS_ISA_SCALAR = 0,
+    CYS_ISA_AVX2 = 1,        /* AVX2 + FMA + F16C */
+    CYS_ISA_AVX_VNNI = 2,    /* + AVX-VNNI: vpdpbusd / vpdpwssd on ymm, VEX encoded */
+    CYS_ISA_AVX512_VNNI = 3, /* + AVX-512 F/BW/VL/VNNI: vpdpbusd / vpdpwssd, 32 vector registers */
+};
+
+/* The best level this CPU and OS support (CPUID and XCR0, through libgcc); checked once. A CPU
+ * with AVX-512 VNNI but not AVX-VNNI still gets level 3: the levels order the kernels, and the
+ * AVX-512 kernels need only what level 3 names. */
+int cys_cpu_isa(void);
+/* 1 when `isa` (a CYS_ISA_* level) is usable here; AVX-VNNI is checked on its own. */
+int cys_cpu_supports_isa(int isa);
+/* The level the kernels run for a requested one: the request when supported, else the best
+ * supported level below it. */
+int cys_effective_isa(int requested);
+/* 1 when AVX2, FMA and F16C are usable (level 1 or above). */
 int cys_cpu_has_avx2(void);
 
 /* Elements per block (1 for F32/F16/BF16, 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, 256 for the K-quants

@@ -203,7 +203,7 @@ int cys_matmul(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t r
     const int64_t rb = cys_row_bytes(wtype, K);
     if (rb < 0) return (int)rb;
     if (T <= 0 || N <= 0) return CYS_OK;
-    simd = simd && cys_cpu_has_avx2();
+    simd = cys_effective_isa(simd);
     if (cys_block_elems(wtype) == QK) /* quantized weights: K % 32 == 0 (checked by row_bytes) */
         return cys_matmul_q8(x, T, K, w, row_bytes, wtype, N, out, nthreads, simd);
     if (cys_block_elems(wtype) == QK_K) /* K-quants: K % 256 == 0 */

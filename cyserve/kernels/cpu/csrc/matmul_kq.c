@@ -6,8 +6,8 @@
  *   Q2_K / Q4_K / Q5_K:  acc = fma(dx * d, isum, acc);  acc = fma(-(dx * dm), msum, acc)
  *   Q3_K / Q6_K:         acc = fma(dx * d, isum - msum, acc)
  * with single-rounding fmas in both twins (the FMA instruction; fmaf in the scalar twin). The
- * integers are exact and the float steps the same, so the AVX2 path, the scalar twin and the
- * numpy reference (reference_kquants.matmul_q8k) agree bit for bit, and a token's output does not
+ * integers are exact and the float steps the same, so every SIMD level (AVX2, AVX-VNNI and
+ * AVX-512 VNNI: vpdpwssd takes the place of madd + add), the scalar twin and the numpy reference (reference_kquants.matmul_q8k) agree bit for bit, and a token's output does not
  * depend on its batch, the tile it falls in or the thread count.
  *
  * AVX2, up to KQ_FEW_MAX_T tokens (decode): parallel over rows; each super-block is decoded
@@ -28,7 +28,8 @@
 #include "simd_avx2.h"
 
 #define KQ_TILE_R 4                   /* rows unpacked together */
-#define KQ_TILE_C 2                   /* tokens per register tile */
+#define KQ_TILE_C 2                   /* tokens per register tile, AVX2 (16 registers) */
+#define KQ_TILE_C_AVX512 4            /* the same with AVX-512's 32 registers (at most 4) */
 #define KQ_FEW_T 4                    /* tokens per pass of a row decoded in registers */
 #define KQ_FEW_MAX_T 8                /* up to this many tokens, decode super-blocks in registers */
 #define KQ_X_CHUNK_BYTES (192 * 1024) /* quantized x per pass: stays in L2 */
@@ -102,65 +103,6 @@ CYS_AVX2_INLINE int32_t hsum_epi32(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(s);
-}
-
-/* nr rows (unpacked, g[r * nb + b]) x nc tokens from t0: out[(t0 + c) * N + r]. */
-CYS_AVX2_INLINE void kq_tile(const int has_min, const int nr, const int nc, const kq_block_t *g,
-                             const actk_t *a, int64_t t0, float *out, int64_t N) {
-    const int64_t K = a->K, nb = a->nb;
-    float acc[KQ_TILE_R][KQ_TILE_C];
-    for (int r = 0; r < nr; r++)
-        for (int c = 0; c < nc; c++) acc[r][c] = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i is[KQ_TILE_R][KQ_TILE_C];
-        for (int r = 0; r < nr; r++)
-            for (int c = 0; c < nc; c++) is[r][c] = _mm256_setzero_si256();
-        const int8_t *xb = a->q + t0 * K + b * QK_K;
-        for (int v = 0; v < 8; v++) {
-            __m256i xv[KQ_TILE_C];
-            for (int c = 0; c < nc; c++) xv[c] = _mm256_loadu_si256((const __m256i *)(xb + c * K + 32 * v));
-            for (int r = 0; r < nr; r++) {
-                const kq_block_t *w = g + r * nb + b;
-                const __m256i u = _mm256_loadu_si256((const __m256i *)(w->u + 32 * v));
-                const __m256i se = _mm256_loadu_si256((const __m256i *)(w->se + 16 * v));
-                for (int c = 0; c < nc; c++)
-                    is[r][c] = _mm256_add_epi32(is[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv[c]), se));
-            }
-        }
-        for (int c = 0; c < nc; c++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bs + (t0 + c) * (K / 16) + b * 16));
-            const float dx = a->d[(t0 + c) * nb + b];
-            for (int r = 0; r < nr; r++) {
-                const kq_block_t *w = g + r * nb + b;
-                const __m256i ms = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)w->mn), bs);
-                if (has_min)
-                    acc[r][c] = kq_accumulate(1, acc[r][c], dx, w->d, w->dm, hsum_epi32(is[r][c]), hsum_epi32(ms));
-                else /* isum - msum in one reduction: the same integer */
-                    acc[r][c] = kq_accumulate(0, acc[r][c], dx, w->d, w->dm,
-                                              hsum_epi32(_mm256_sub_epi32(is[r][c], ms)), 0);
-            }
-        }
-    }
-    for (int c = 0; c < nc; c++)
-        for (int r = 0; r < nr; r++) out[(t0 + c) * N + r] = acc[r][c];
-}
-
-CYS_AVX2_INLINE void kq_group(const int has_min, const int nr, const kq_block_t *g, const actk_t *a,
-                              int64_t tc, int64_t tend, float *out, int64_t N) {
-    int64_t t0 = tc;
-    for (; t0 + KQ_TILE_C <= tend; t0 += KQ_TILE_C) kq_tile(has_min, nr, KQ_TILE_C, g, a, t0, out, N);
-    if (t0 < tend) kq_tile(has_min, nr, 1, g, a, t0, out, N);
-}
-
-CYS_AVX2_INLINE void kq_group_dispatch(const int has_min, int nr, const kq_block_t *g,
-                                       const actk_t *a, int64_t tc, int64_t tend, float *out,
-                                       int64_t N) {
-    switch (nr) {
-    case 4: kq_group(has_min, 4, g, a, tc, tend, out, N); break;
-    case 3: kq_group(has_min, 3, g, a, tc, tend, out, N); break;
-    case 2: kq_group(has_min, 2, g, a, tc, tend, out, N); break;
-    default: kq_group(has_min, 1, g, a, tc, tend, out, N); break;
-    }
 }
 
 /* ---- AVX2, few tokens: super-blocks decoded in registers ---- */
@@ -266,99 +208,39 @@ CYS_AVX2_INLINE __m256i codes32(const int wtype, const uint8_t *p, const int v) 
     }
 }
 
-/* One weight row x nc tokens from t0: the same integers and f32 steps as kq_tile. */
-CYS_AVX2_INLINE void row_few(const int wtype, const int nc, const uint8_t *row, int64_t bb,
-                             const actk_t *a, int64_t t0, float *out, int64_t N) {
-    const int64_t K = a->K, nb = a->nb;
-    const int has_min = kq_has_min(wtype);
-    float acc[KQ_FEW_T];
-    for (int c = 0; c < nc; c++) acc[c] = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = row + b * bb;
-        kq_scales_t s;
-        scales_avx2(wtype, p, &s);
-        __m256i is[KQ_FEW_T];
-        for (int c = 0; c < nc; c++) is[c] = _mm256_setzero_si256();
-        const int8_t *xb = a->q + t0 * K + b * QK_K;
-        for (int v = 0; v < 8; v++) {
-            const __m256i u = codes32(wtype, p, v);
-            const __m256i se = _mm256_set_m128i(_mm_set1_epi16(s.sc[2 * v + 1]), _mm_set1_epi16(s.sc[2 * v]));
-            for (int c = 0; c < nc; c++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(xb + c * K + 32 * v));
-                is[c] = _mm256_add_epi32(is[c], _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), se));
-            }
-        }
-        for (int c = 0; c < nc; c++) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a->bs + (t0 + c) * (K / 16) + b * 16));
-            const __m256i ms = _mm256_madd_epi16(s.mn, bs);
-            const float dx = a->d[(t0 + c) * nb + b];
-            if (has_min)
-                acc[c] = kq_accumulate(1, acc[c], dx, s.d, s.dm, hsum_epi32(is[c]), hsum_epi32(ms));
-            else
-                acc[c] = kq_accumulate(0, acc[c], dx, s.d, s.dm, hsum_epi32(_mm256_sub_epi32(is[c], ms)), 0);
-        }
-    }
-    for (int c = 0; c < nc; c++) out[(t0 + c) * N] = acc[c];
-}
+/* One instantiation of the SIMD kernels per level (matmul_kq_simd.h). */
+#define KQV_INLINE static inline __attribute__((target(KQV_TARGET), always_inline))
+#define KQV_FN __attribute__((target(KQV_TARGET)))
 
-/* T <= KQ_FEW_MAX_T: each thread takes whole rows and every token of them, KQ_FEW_T at a time. */
-CYS_AVX2_INLINE void rows_few(const int wtype, const actk_t *a, int64_t T, const uint8_t *w,
-                              int64_t rb, int64_t N, float *out) {
-    const int64_t bb = kq_block_bytes(wtype);
-#pragma omp for schedule(static) nowait
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t t0 = 0; t0 < T; t0 += KQ_FEW_T) {
-            switch (T - t0) {
-            case 1: row_few(wtype, 1, w + n * rb, bb, a, t0, out + n, N); break;
-            case 2: row_few(wtype, 2, w + n * rb, bb, a, t0, out + n, N); break;
-            case 3: row_few(wtype, 3, w + n * rb, bb, a, t0, out + n, N); break;
-            default: row_few(wtype, 4, w + n * rb, bb, a, t0, out + n, N); break;
-            }
-        }
-    }
-}
+#define KQV(name) name##_avx2
+#define KQV_TARGET "avx2,fma,f16c"
+#define KQV_ISA 1 /* CYS_ISA_AVX2 */
+#define KQV_TILE_C KQ_TILE_C
+#include "matmul_kq_simd.h"
+#undef KQV
+#undef KQV_TARGET
+#undef KQV_ISA
+#undef KQV_TILE_C
 
-CYS_AVX2 static void matmul_rows_few_avx2(const actk_t *a, int64_t T, const uint8_t *w, int64_t rb,
-                                          int wtype, int64_t N, float *out) {
-    switch (wtype) {
-    case CYS_TYPE_Q2_K: rows_few(CYS_TYPE_Q2_K, a, T, w, rb, N, out); break;
-    case CYS_TYPE_Q3_K: rows_few(CYS_TYPE_Q3_K, a, T, w, rb, N, out); break;
-    case CYS_TYPE_Q4_K: rows_few(CYS_TYPE_Q4_K, a, T, w, rb, N, out); break;
-    case CYS_TYPE_Q5_K: rows_few(CYS_TYPE_Q5_K, a, T, w, rb, N, out); break;
-    default: rows_few(CYS_TYPE_Q6_K, a, T, w, rb, N, out); break;
-    }
-}
+#define KQV(name) name##_avx_vnni
+#define KQV_TARGET "avx2,fma,f16c,avxvnni"
+#define KQV_ISA 2 /* CYS_ISA_AVX_VNNI */
+#define KQV_TILE_C KQ_TILE_C
+#include "matmul_kq_simd.h"
+#undef KQV
+#undef KQV_TARGET
+#undef KQV_ISA
+#undef KQV_TILE_C
 
-/* Runs inside the caller's parallel region (orphaned worksharing), after x is quantized. */
-CYS_AVX2 static void matmul_rows_avx2(const actk_t *a, int64_t T, const uint8_t *w, int64_t rb,
-                                      int wtype, int64_t N, float *out, int *failed) {
-    const int64_t bb = kq_block_bytes(wtype), nb = a->nb, K = a->K;
-    const int64_t ngroups = (N + KQ_TILE_R - 1) / KQ_TILE_R;
-    const int has_min = kq_has_min(wtype);
-    int64_t tchunk = KQ_X_CHUNK_BYTES / (K + K / 8 + nb * (int64_t)sizeof(float));
-    tchunk = tchunk < KQ_TILE_C ? KQ_TILE_C : tchunk - tchunk % KQ_TILE_C;
-    /* every thread reaches the worksharing loops even if its malloc failed */
-    kq_block_t *g = malloc((size_t)KQ_TILE_R * nb * sizeof(kq_block_t));
-    for (int64_t tc = 0; tc < T; tc += tchunk) {
-        const int64_t tend = tc + tchunk < T ? tc + tchunk : T;
-        /* static and nowait: each thread keeps the same row groups for every chunk */
-#pragma omp for schedule(static) nowait
-        for (int64_t gi = 0; gi < ngroups; gi++) {
-            if (!g) {
-#pragma omp atomic write
-                *failed = 1;
-                continue;
-            }
-            const int64_t n = gi * KQ_TILE_R;
-            const int nr = N - n >= KQ_TILE_R ? KQ_TILE_R : (int)(N - n);
-            for (int r = 0; r < nr; r++)
-                for (int64_t b = 0; b < nb; b++) kq_unpack_avx2(wtype, w + (n + r) * rb + b * bb, &g[r * nb + b]);
-            if (has_min) kq_group_dispatch(1, nr, g, a, tc, tend, out + n, N);
-            else kq_group_dispatch(0, nr, g, a, tc, tend, out + n, N);
-        }
-    }
-    free(g);
-}
+#define KQV(name) name##_avx512_vnni
+#define KQV_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#define KQV_ISA 3 /* CYS_ISA_AVX512_VNNI */
+#define KQV_TILE_C KQ_TILE_C_AVX512
+#include "matmul_kq_simd.h"
+#undef KQV
+#undef KQV_TARGET
+#undef KQV_ISA
+#undef KQV_TILE_C
 
 int cys_matmul_kq(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_t row_bytes,
                   int wtype, int64_t N, float *out, int nthreads, int simd) {
@@ -379,9 +261,22 @@ int cys_matmul_kq(const float *x, int64_t T, int64_t K, const uint8_t *w, int64_
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < T; t++) cys_quantize_act_q8k_rows(x, t, t + 1, K, q, d, bs, simd);
         }
-        if (simd && T <= KQ_FEW_MAX_T) matmul_rows_few_avx2(&a, T, w, row_bytes, wtype, N, out);
-        else if (simd) matmul_rows_avx2(&a, T, w, row_bytes, wtype, N, out, &failed);
-        else matmul_rows_scalar(&a, T, w, row_bytes, wtype, N, out, &failed);
+        const int few = T <= KQ_FEW_MAX_T;
+        switch (simd) {
+        case CYS_ISA_AVX512_VNNI:
+            if (few) matmul_rows_few_avx512_vnni(&a, T, w, row_bytes, wtype, N, out);
+            else matmul_rows_avx512_vnni(&a, T, w, row_bytes, wtype, N, out, &failed);
+            break;
+        case CYS_ISA_AVX_VNNI:
+            if (few) matmul_rows_few_avx_vnni(&a, T, w, row_bytes, wtype, N, out);
+            else matmul_rows_avx_vnni(&a, T, w, row_bytes, wtype, N, out, &failed);
+            break;
+        case CYS_ISA_AVX2:
+            if (few) matmul_rows_few_avx2(&a, T, w, row_bytes, wtype, N, out);
+            else matmul_rows_avx2(&a, T, w, row_bytes, wtype, N, out, &failed);
+            break;
+        default: matmul_rows_scalar(&a, T, w, row_bytes, wtype, N, out, &failed); break;
+        }
     }
     return failed ? CYS_ERR_NOMEM : CYS_OK;
 }

@@ -1,21 +1,10 @@
-/* Weight formats: CPU feature check, row sizes, dequantization (scalar and AVX2) and get_rows. */
+/* Weight formats: row sizes, dequantization (scalar and AVX2) and get_rows. */
 #include <stdlib.h>
 
 #include "cys_kernels.h"
 #include "ggml_blocks.h"
 #include "kquants.h"
 #include "simd_avx2.h"
-
-int cys_cpu_has_avx2(void) {
-    /* -1 = not yet checked. A benign race: every thread computes the same answer. */
-    static volatile int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
-    }
-    return cached;
-}
 
 int64_t cys_block_elems(int wtype) {
     switch (wtype) {
