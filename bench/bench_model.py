@@ -212,7 +212,6 @@ def main() -> None:
             best.add(f"cyserve decode x1{tag}", args.decode_len, ours.decode([prompt], args.decode_len))
             best.add(f"cyserve decode x{args.batch}{tag}", args.batch * args.decode_len,
                      ours.decode(batch_prompts, args.decode_len))
-        threads.set_isa(isas[-1])
         if llama:
             best.add("llama.cpp prefill", len(prompt), llama.prefill(prompt))
             best.add("llama.cpp decode x1", args.decode_len, llama.decode(prompt, args.decode_len))

@@ -14,8 +14,7 @@ static int has_avx512_vnni(void) {
 
 static int has_avx_vnni(void) { return has_avx2() && __builtin_cpu_supports("avxvnni"); }
 
-int cys_cpu_supports_isa(int isa) {
-    __builtin_cpu_init();
+static int probe_isa(int isa) {
     switch (isa) {
     case CYS_ISA_SCALAR: return 1;
     case CYS_ISA_AVX2: return has_avx2();
@@ -25,16 +24,29 @@ int cys_cpu_supports_isa(int isa) {
     }
 }
 
-int cys_cpu_isa(void) {
-    /* -1 = not yet checked. A benign race: every thread computes the same answer. */
+/* Bit i set when level i is usable; probed once (cys_matmul asks on every call). -1 = not yet. A
+ * benign race: every thread computes the same answer. */
+static int supported_mask(void) {
     static volatile int cached = -1;
     if (cached < 0) {
-        int best = CYS_ISA_SCALAR;
-        for (int isa = CYS_ISA_AVX2; isa <= CYS_ISA_AVX512_VNNI; isa++)
-            if (cys_cpu_supports_isa(isa)) best = isa;
-        cached = best;
+        __builtin_cpu_init();
+        int mask = 0;
+        for (int isa = CYS_ISA_SCALAR; isa <= CYS_ISA_AVX512_VNNI; isa++)
+            if (probe_isa(isa)) mask |= 1 << isa;
+        cached = mask;
     }
     return cached;
+}
+
+int cys_cpu_supports_isa(int isa) {
+    return isa >= CYS_ISA_SCALAR && isa <= CYS_ISA_AVX512_VNNI && (supported_mask() >> isa) & 1;
+}
+
+int cys_cpu_isa(void) {
+    int best = CYS_ISA_SCALAR;
+    for (int isa = CYS_ISA_AVX2; isa <= CYS_ISA_AVX512_VNNI; isa++)
+        if (cys_cpu_supports_isa(isa)) best = isa;
+    return best;
 }
 
 int cys_effective_isa(int requested) {
